@@ -1,0 +1,35 @@
+# Everything runs from the project's own virtual environment (.venv), created by `make install`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export BENTOML_DO_NOT_TRACK := True
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+
+.PHONY: install demo test test-fast test-all bench clean-state
+
+install: $(STAMP)
+
+# constraints.txt is the lock: the exact versions tested on these machines (CPU torch).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# The whole pipeline on the demo config (synthetic data unless DATA=path is given).
+demo: install
+	$(BIN)/cmunext pipeline run --config configs/demo.yaml $(if $(DATA),--set data.source=$(DATA))
+
+# The test suite CI runs: unit tests and integration tests with real services; BUSI tests skip if absent.
+test: install
+	$(BIN)/python -m pytest -m "not slow"
+
+test-all: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean-state:
+	rm -rf .cmunext

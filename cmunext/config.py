@@ -1,0 +1,162 @@
+"""One typed run configuration, loaded from YAML with `key=value` overrides.
+
+Unknown keys and bad values fail with the dotted key that is at fault, so a typo
+in a config never silently falls back to a default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    variant: Literal["cmunext_s", "cmunext", "cmunext_l"] = "cmunext_s"
+    in_channels: int = Field(3, ge=1)
+    num_classes: int = Field(1, ge=1)
+
+
+class DataConfig(_Section):
+    # Where the images come from: a folder in the project layout, or "synth" for generated data.
+    source: str = "synth"
+    synth_n: int = Field(120, ge=4)
+    synth_seed: int = 0
+    # DVC revision of data.dvc to read ("workspace" = the files as they are on disk).
+    revision: str = "workspace"
+    image_size: int = Field(256, ge=16, multiple_of=16)
+    split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    split_seed: int = 41
+    augment: bool = True
+    allow_empty_masks: bool = True
+    min_samples: int = Field(10, ge=1)
+    min_side: int = Field(32, ge=1)
+    max_side: int = Field(4096, ge=1)
+    max_foreground: float = Field(0.9, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ratios(self) -> "DataConfig":
+        if any(r < 0 for r in self.split_ratios) or abs(sum(self.split_ratios) - 1) > 1e-6:
+            raise ValueError(f"data.split_ratios must be three non-negative numbers summing to 1, got {self.split_ratios}")
+        if self.split_ratios[0] == 0 or self.split_ratios[1] == 0:
+            raise ValueError("data.split_ratios needs non-empty train and validation parts")
+        return self
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+    seed: int = 41
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # mixed precision, used on CUDA only
+    workers: int = Field(0, ge=0)
+    threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default
+
+
+class EvalConfig(_Section):
+    threshold: float = Field(0.5, gt=0, lt=1)
+    latency_runs: int = Field(50, ge=5)
+    latency_warmup: int = Field(5, ge=0)
+    bootstrap: int = Field(1000, ge=100)
+    gallery_size: int = Field(4, ge=0)
+
+
+class GateConfig(_Section):
+    min_iou: float = Field(0.5, ge=0, le=1)
+    max_latency_ms: float = Field(500.0, gt=0)
+    # The challenger may not be worse than the champion with 95% confidence:
+    # the lower CI bound of (challenger - champion) IoU must be >= -iou_tolerance.
+    iou_tolerance: float = Field(0.02, ge=0)
+    max_latency_ratio: float = Field(1.5, gt=0)
+
+
+class RegistryConfig(_Section):
+    model_name: str = "cmunext-seg"
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    gate: GateConfig = GateConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key at fault."""
+
+
+def _format(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` strings; values are parsed as YAML scalars (`3`, `0.5`, `true`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    raw: dict = {}
+    origin = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        origin = str(path)
+    raw = apply_overrides(raw, overrides or [])
+    if overrides:
+        origin += " with " + " ".join(overrides)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format(err, origin)) from None
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

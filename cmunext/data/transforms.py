@@ -1,0 +1,45 @@
+"""Albumentations pipelines. Normalisation happens once (the reference divides by 255 twice)."""
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAY_MEAN, GRAY_STD = (0.449,), (0.226,)
+
+
+def _normalize(channels: int) -> A.Normalize:
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (GRAY_MEAN, GRAY_STD)
+    return A.Normalize(mean=mean, std=std, max_pixel_value=255.0)
+
+
+def train_transform(size: int, channels: int = 3, augment: bool = True) -> A.Compose:
+    """The reference's rotate-90, flip, resize and normalise, plus mild ultrasound-plausible changes:
+    gain (brightness/contrast), gamma, speckle-like noise and slight blur. No elastic warps: lesion
+    border shape is diagnostic."""
+    ops: list = [A.Resize(size, size)]
+    if augment:
+        ops += [
+            A.RandomRotate90(p=1.0),
+            A.HorizontalFlip(p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+            A.RandomGamma(gamma_limit=(80, 120), p=0.3),
+            A.MultiplicativeNoise(multiplier=(0.9, 1.1), per_channel=False, p=0.2),
+            A.GaussianBlur(blur_limit=(3, 3), p=0.1),
+        ]
+    return A.Compose(ops + [_normalize(channels)])
+
+
+def eval_transform(size: int, channels: int = 3) -> A.Compose:
+    return A.Compose([A.Resize(size, size), _normalize(channels)])
+
+
+def normalize_array(image: np.ndarray, channels: int = 3) -> np.ndarray:
+    """HxW(xC) uint8 -> CxHxW float32 normalised, without albumentations (serving path)."""
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (GRAY_MEAN, GRAY_STD)
+    x = image.astype(np.float32) / 255.0
+    if x.ndim == 2:
+        x = x[..., None]
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))

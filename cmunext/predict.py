@@ -1,0 +1,71 @@
+"""Masks and overlays for images of any size, from a trained weights file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .data.imageio import read_image, write_png
+from .data.transforms import normalize_array
+from .engine.weights import load_weights
+
+
+def resize_input(image: np.ndarray, size: int, channels: int) -> np.ndarray:
+    if channels == 3 and image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    elif channels == 1 and image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 64, 32)) -> np.ndarray:
+    """RGB image with the lesion tinted and its outline drawn."""
+    rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image.copy()
+    m = mask.astype(bool)
+    tint = np.array(color, dtype=np.float32)
+    rgb[m] = (0.7 * rgb[m] + 0.3 * tint).astype(np.uint8)
+    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    thickness = max(1, round(max(rgb.shape[:2]) / 300))
+    cv2.drawContours(rgb, contours, -1, color, thickness)
+    return rgb
+
+
+class Predictor:
+    """Eager PyTorch inference: resize to the trained size, normalise, sigmoid, resize back."""
+
+    def __init__(self, weights: str | Path, threshold: float = 0.5, device: str = "cpu") -> None:
+        self.model, self.meta = load_weights(weights)
+        self.model.to(device)
+        self.device, self.threshold = device, threshold
+        self.size, self.channels = self.meta["image_size"], self.meta["in_channels"]
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        return normalize_array(resize_input(image, self.size, self.channels), self.channels)
+
+    @torch.inference_mode()
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Lesion probability at the input's own height and width."""
+        x = torch.from_numpy(self.preprocess(image))[None].to(self.device)
+        prob = torch.sigmoid(self.model(x))[0, 0].float().cpu().numpy()
+        h, w = image.shape[:2]
+        return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+
+    def mask(self, image: np.ndarray) -> np.ndarray:
+        return (self.probabilities(image) > self.threshold).astype(np.uint8)
+
+
+def predict_files(paths: list[str | Path], weights: str | Path, out: str | Path, threshold: float = 0.5) -> list[Path]:
+    """Write OUT/<stem>_mask.png (0/255, original size) and OUT/<stem>_overlay.png for each image."""
+    predictor = Predictor(weights, threshold)
+    out = Path(out)
+    written = []
+    for path in paths:
+        image = read_image(path)
+        mask = predictor.mask(image)
+        stem = Path(path).stem
+        write_png(out / f"{stem}_mask.png", mask * 255)
+        write_png(out / f"{stem}_overlay.png", overlay(image, mask))
+        written.append(out / f"{stem}_mask.png")
+    return written

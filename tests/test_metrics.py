@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import torch
+
+from cmunext.losses import BCEDiceLoss
+from cmunext.metrics import aggregate, hd95, image_metrics, paired_difference, pooled_iou_dice
+
+
+def masks(*rows):
+    return np.array(rows, dtype=bool)
+
+
+def test_hand_computed_case():
+    pred = masks([1, 1, 0, 0], [1, 1, 0, 0])
+    gt = masks([0, 1, 1, 0], [0, 1, 1, 0])
+    m = image_metrics(pred, gt)
+    # TP=2, FP=2, FN=2, TN=2
+    assert (m.tp, m.fp, m.fn, m.tn) == (2, 2, 2, 2)
+    assert m.iou == pytest.approx(2 / 6, abs=1e-5)
+    assert m.dice == pytest.approx(0.5, abs=1e-5)
+    assert m.sensitivity == m.specificity == m.precision == m.accuracy == 0.5
+    assert m.hd95 == pytest.approx(1.0)
+
+
+def test_probabilities_are_thresholded():
+    prob = np.array([[0.2, 0.6], [0.7, 0.4]], dtype=np.float32)
+    gt = np.array([[0, 255], [255, 0]], dtype=np.uint8)
+    assert image_metrics(prob, gt).iou == pytest.approx(1.0)
+    assert image_metrics(prob, gt, threshold=0.65).iou == pytest.approx(0.5, abs=1e-5)
+
+
+def test_both_empty_is_a_perfect_score():
+    empty = np.zeros((8, 8), bool)
+    m = image_metrics(empty, empty)
+    assert m.iou == pytest.approx(1.0) and m.dice == pytest.approx(1.0)
+    assert m.sensitivity == m.specificity == m.precision == m.accuracy == 1.0
+    assert m.hd95 == 0.0
+
+
+def test_missed_lesion_and_false_alarm():
+    empty, lesion = np.zeros((6, 8), bool), np.zeros((6, 8), bool)
+    lesion[2:4, 2:4] = True
+    missed = image_metrics(empty, lesion)
+    assert missed.iou == pytest.approx(0, abs=1e-4) and missed.sensitivity == 0 and missed.precision == 0
+    assert missed.hd95 == pytest.approx(10.0)  # the image diagonal, sqrt(6^2 + 8^2)
+    alarm = image_metrics(lesion, empty)
+    assert alarm.iou == pytest.approx(0, abs=1e-4) and alarm.sensitivity == 1.0 and alarm.precision == 0
+    assert alarm.specificity == pytest.approx(44 / 48)
+
+
+def test_hd95_of_shifted_square():
+    a = np.zeros((40, 40), bool)
+    a[10:20, 10:20] = True
+    b = np.roll(a, 3, axis=1)
+    assert hd95(a, b) == pytest.approx(3.0)
+
+
+def test_aggregates_and_pooled():
+    gt = np.zeros((10, 10), bool)
+    gt[:5] = True
+    per = [image_metrics(gt, gt), image_metrics(np.zeros_like(gt), gt)]
+    agg = aggregate(per, n_boot=200)
+    assert agg["iou"].value == pytest.approx(0.5, abs=1e-4)
+    assert agg["iou"].low <= agg["iou"].value <= agg["iou"].high
+    pooled = pooled_iou_dice(per, n_boot=200)
+    assert pooled["pooled_iou"].value == pytest.approx(50 / 100, abs=1e-4)
+
+
+def test_paired_difference_detects_a_consistent_gain():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 0.8, 200)
+    diff = paired_difference(base + 0.05 + rng.normal(0, 0.01, 200), base)
+    assert 0.04 < diff.low < diff.value < diff.high < 0.06
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference([1, 2], [1, 2, 3])
+
+
+def test_loss_matches_reference_formula():
+    torch.manual_seed(0)
+    logits, target = torch.randn(3, 1, 8, 8), (torch.rand(3, 1, 8, 8) > 0.5).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    p, t = torch.sigmoid(logits).view(3, -1), target.view(3, -1)
+    dice = (2 * (p * t).sum(1) + 1e-5) / (p.sum(1) + t.sum(1) + 1e-5)
+    expected = 0.5 * bce + 1 - dice.sum() / 3
+    assert BCEDiceLoss()(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
