@@ -1,0 +1,112 @@
+"""Shared fixtures: real services (an S3-protocol server) and small synthetic datasets."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUSI = ROOT.parent / "shared" / "datasets" / "busi"
+VENV_BIN = Path(sys.executable).parent
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited early with code {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class S3Server:
+    """A real moto_server process (S3 protocol, in memory) on a free loopback port."""
+
+    key, secret = "testing-key-id", "testing-secret-key"
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc)
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": self.key, "AWS_SECRET_ACCESS_KEY": self.secret,
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.url,
+                "MLFLOW_S3_ENDPOINT_URL": self.url}
+
+    def client(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=self.key,
+                            aws_secret_access_key=self.secret, region_name="us-east-1")
+
+    def make_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def close(self) -> None:
+        stop(self.proc)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory) -> Path:
+    """24 small synthetic image/mask pairs in the project layout (read-only: copy before changing)."""
+    from cmunext.data.synth import write_synthetic_dataset
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synth") / "data", 24, seed=0, progress=False)
+
+
+@pytest.fixture
+def dataset_copy(synth_dataset, tmp_path) -> Path:
+    dst = tmp_path / "data"
+    shutil.copytree(synth_dataset, dst)
+    return dst
+
+
+@pytest.fixture
+def state_home(tmp_path, monkeypatch) -> Path:
+    """A private CMUNEXT_HOME, so tests never touch the project's .cmunext/."""
+    home = tmp_path / "state"
+    monkeypatch.setenv("CMUNEXT_HOME", str(home))
+    return home
+
+
+busi = pytest.mark.skipif(not (BUSI / "images").is_dir(), reason=f"BUSI dataset not found at {BUSI}")
