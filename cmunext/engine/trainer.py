@@ -204,7 +204,7 @@ def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: boo
                      extra={"best_epoch": best_epoch, "best_val_iou": best_iou})
         summary = {"variant": cfg.model.variant, "parameters": count_parameters(model), "best_epoch": best_epoch,
                    "best_val_iou": best_iou, "best_val_dice": 2 * best_iou / (1 + best_iou),
-                   "epochs": tc.epochs, "images_per_second": result.images_per_second,
+                   "epochs": tc.epochs, "world_size": world, "images_per_second": result.images_per_second,
                    "data_wait_share": result.data_wait_share, "history": history, "config": config_to_dict(cfg)}
         (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     if world > 1:

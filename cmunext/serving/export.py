@@ -1,0 +1,259 @@
+"""Export a trained model to the fastest serving artifact that still matches eager PyTorch.
+
+Candidates (all timed warm, median of `runs`, at `batch`, with the same number of threads):
+
+- `torch`: eager PyTorch, the reference. Measured for the ratio; never shipped, the serving image has no torch.
+- `onnx`: the opset-17 ONNX graph as exported (TorchScript exporter, dynamic batch axis), ONNX Runtime with
+  its graph optimisations switched off. In eval mode the exporter already folds every BatchNorm that
+  directly follows a convolution (stem and conv blocks, up blocks) into that convolution.
+- `onnx_bnfold`: the same graph with the remaining BatchNorms folded where that is exact. In CMUNeXt
+  and Skip-Fusion blocks BN follows GELU, so it cannot go into the convolution before it; it can go
+  into the convolution after it when that one has no zero padding (the 1x1 convolutions), since
+  W(a*x + c) + b = (W*a)x + (W c + b). BNs before a residual add, a padded 3x3 convolution, an
+  upsampling or a max-pool stay.
+- `onnx_ort`, `onnx_bnfold_ort`: the two graphs with ONNX Runtime's full graph optimisations
+  (GELU and Conv+activation fusions, layout transforms).
+
+The fastest candidate whose sigmoid probabilities stay within `tolerance` of eager PyTorch on random
+inputs at batch 1 and 8 is written as OUT/model.onnx, with OUT/export.json describing it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from ..engine.weights import load_weights
+from .runtime import EXPORT_JSON, session_options, sha256_file, sigmoid
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+ARTIFACT = "model.onnx"
+PARITY_BATCHES = (1, 8)
+ORT_CANDIDATES = {  # name -> (graph, ONNX Runtime graph optimisation level)
+    "onnx": ("exported", "ORT_DISABLE_ALL"),
+    "onnx_bnfold": ("bnfold", "ORT_DISABLE_ALL"),
+    "onnx_ort": ("exported", "ORT_ENABLE_ALL"),
+    "onnx_bnfold_ort": ("bnfold", "ORT_ENABLE_ALL"),
+}
+
+
+def export_onnx(model: torch.nn.Module, path: str | Path, image_size: int, in_channels: int) -> Path:
+    """Opset-17 ONNX with a dynamic batch axis (input `input`, output `logits`)."""
+    import warnings
+    path = Path(path)
+    x = torch.zeros(1, in_channels, image_size, image_size)
+    with warnings.catch_warnings():  # the size checks in forward() are traced as constants: fine for a fixed size
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(model.eval(), (x,), str(path), opset_version=OPSET, dynamo=False,
+                          input_names=["input"], output_names=["logits"], do_constant_folding=True,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    onnx.checker.check_model(str(path))
+    return path
+
+
+# ---- BatchNorm folding ---------------------------------------------------------------------------------
+
+def _attrs(node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def fold_batchnorms(graph_model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+    """Fold inference BatchNorms into an adjacent convolution where the result is exact.
+
+    Into the preceding Conv when the BN is the only reader of its output; into the following Conv
+    when the BN output feeds only that Conv, which has group 1 and no padding (so every input pixel
+    really is a*x+c; zero padding would not be). Returns the new model and counts.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(graph_model)
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    stats = Counter()
+
+    def consumers(name):
+        return [n for n in g.node if name in n.input]
+
+    def producer(name):
+        return next((n for n in g.node if name in n.output), None)
+
+    def array(name):
+        return numpy_helper.to_array(inits[name]).astype(np.float64)
+
+    def set_array(name, value):
+        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+    def conv_bias(conv, channels):
+        if len(conv.input) > 2 and conv.input[2]:
+            return array(conv.input[2])
+        name = conv.output[0] + "_folded_bias"
+        g.initializer.append(numpy_helper.from_array(np.zeros(channels, np.float32), name))
+        inits[name] = g.initializer[-1]
+        if len(conv.input) == 2:
+            conv.input.append(name)
+        else:
+            conv.input[2] = name
+        return np.zeros(channels)
+
+    def private_weights(conv):
+        return all(i in inits and len(consumers(i)) == 1 for i in conv.input[1:] if i)
+
+    for bn in [n for n in g.node if n.op_type == "BatchNormalization"]:
+        if len(bn.output) != 1 or not all(i in inits for i in bn.input[1:5]):
+            stats["kept"] += 1
+            continue
+        gamma, beta, mean, var = (array(i) for i in bn.input[1:5])
+        scale = gamma / np.sqrt(var + _attrs(bn).get("epsilon", 1e-5))
+        shift = beta - mean * scale
+        x, y = bn.input[0], bn.output[0]
+
+        prev = producer(x)
+        if (prev is not None and prev.op_type == "Conv" and len(consumers(x)) == 1 and x not in outputs
+                and private_weights(prev)):
+            w = array(prev.input[1])
+            b = conv_bias(prev, w.shape[0])
+            set_array(prev.input[1], w * scale[:, None, None, None])
+            set_array(prev.input[2], b * scale + shift)
+            prev.output[0] = y
+            g.node.remove(bn)
+            stats["into_preceding_conv"] += 1
+            continue
+
+        nxt = consumers(y)
+        if len(nxt) == 1 and y not in outputs and nxt[0].op_type == "Conv" and nxt[0].input[0] == y:
+            conv = nxt[0]
+            a = _attrs(conv)
+            if (a.get("group", 1) == 1 and not any(a.get("pads", [])) and a.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID")
+                    and private_weights(conv)):
+                w = array(conv.input[1])
+                b = conv_bias(conv, w.shape[0])
+                set_array(conv.input[2], b + np.einsum("oikl,i->o", w, shift))
+                set_array(conv.input[1], w * scale[None, :, None, None])
+                conv.input[0] = x
+                g.node.remove(bn)
+                stats["into_following_conv"] += 1
+                continue
+        stats["kept"] += 1
+    onnx.checker.check_model(model)
+    return model, dict(stats)
+
+
+# ---- measuring ------------------------------------------------------------------------------------------
+
+def _median_ms(fn, x, runs: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def _inputs(batch: int, channels: int, size: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, channels, size, size), dtype=np.float32)
+
+
+def export_serving_artifact(weights: str | Path, out_dir: str | Path, *, tolerance: float = 1e-4, batch: int = 1,
+                            runs: int = 30, threads: int = 2, report_batches: tuple[int, ...] = ()) -> dict:
+    """Export, measure and choose; writes OUT/model.onnx and OUT/export.json and returns the latter's content
+    (plus `path`, the artifact's absolute path). `report_batches` adds timings at other batch sizes."""
+    import onnxruntime as ort
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, meta = load_weights(weights)
+    size, channels = meta["image_size"], meta["in_channels"]
+    timed_batches = [batch] + [b for b in report_batches if b != batch]
+    parity_inputs = {b: _inputs(b, channels, size, seed=b) for b in PARITY_BATCHES}
+    timing_inputs = {b: _inputs(b, channels, size, seed=100 + b) for b in timed_batches}
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            def run_torch(x):
+                return torch.sigmoid(model(torch.from_numpy(x)))[:, 0].numpy()
+
+            reference = {b: run_torch(x) for b, x in parity_inputs.items()}
+            candidates = {"torch": {"servable": False, "max_abs_diff": 0.0, "ok": True,
+                                    "ms_by_batch": {str(b): _median_ms(run_torch, x, runs) for b, x in timing_inputs.items()}}}
+    finally:
+        torch.set_num_threads(torch_threads)
+
+    with tempfile.TemporaryDirectory(prefix="cmunext-export-") as tmp:
+        graphs = {"exported": export_onnx(model, Path(tmp) / "exported.onnx", size, channels)}
+        exported = onnx.load(str(graphs["exported"]))
+        folded, fold_stats = fold_batchnorms(exported)
+        graphs["bnfold"] = Path(tmp) / "bnfold.onnx"
+        onnx.save(folded, str(graphs["bnfold"]))
+        n_bn_modules = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        n_bn_exported = sum(n.op_type == "BatchNormalization" for n in exported.graph.node)
+        folding = {"batchnorm_modules": n_bn_modules,
+                   "folded_by_exporter_into_preceding_conv": n_bn_modules - n_bn_exported,
+                   "in_exported_graph": n_bn_exported, **fold_stats}
+
+        for name, (graph, level) in ORT_CANDIDATES.items():
+            settings = {"graph_optimization_level": level, "intra_op_num_threads": threads}
+            sess = ort.InferenceSession(str(graphs[graph]), session_options(settings), providers=["CPUExecutionProvider"])
+            inp = sess.get_inputs()[0].name
+
+            def run(x, sess=sess, inp=inp):
+                return sigmoid(sess.run(None, {inp: x})[0][:, 0])
+
+            diff = max(float(np.abs(run(x) - reference[b]).max()) for b, x in parity_inputs.items())
+            candidates[name] = {"servable": True, "graph": graph, "session": settings, "max_abs_diff": diff,
+                                "ok": diff <= tolerance,
+                                "ms_by_batch": {str(b): _median_ms(run, x, runs) for b, x in timing_inputs.items()}}
+            del sess
+
+        for c in candidates.values():
+            c["ms"] = c["ms_by_batch"][str(batch)]
+        eager = candidates["torch"]["ms_by_batch"]
+        for c in candidates.values():
+            c["speedup_vs_torch"] = {b: round(eager[b] / ms, 3) for b, ms in c["ms_by_batch"].items()}
+        usable = {n: c for n, c in candidates.items() if c["servable"] and c["ok"]}
+        if not usable:
+            diffs = {n: c["max_abs_diff"] for n, c in candidates.items()}
+            raise RuntimeError(f"no ONNX candidate matches PyTorch within {tolerance}: {diffs}")
+        choice = min(usable, key=lambda n: usable[n]["ms"])
+        target = out_dir / ARTIFACT
+        target.write_bytes(graphs[candidates[choice]["graph"]].read_bytes())
+
+    info = {
+        "format": choice,
+        "file": ARTIFACT,
+        "sha256": sha256_file(target),
+        "max_abs_diff": candidates[choice]["max_abs_diff"],
+        "tolerance": tolerance,
+        "session": candidates[choice]["session"],
+        "candidates": candidates,
+        "batch": batch,
+        "runs": runs,
+        "threads": threads,
+        "image_size": size,
+        "in_channels": channels,
+        "num_classes": meta["num_classes"],
+        "variant": meta["variant"],
+        "opset": OPSET,
+        "onnxruntime": ort.__version__,
+        "torch": torch.__version__,
+        "batchnorm_folding": folding,
+        "weights_sha256": sha256_file(weights),
+    }
+    (out_dir / EXPORT_JSON).write_text(json.dumps(info, indent=1))
+    log.info("export: chose %s (%.1f ms at batch %d; eager %.1f ms), max |dp| %.2e", choice,
+             candidates[choice]["ms"], batch, candidates["torch"]["ms"], info["max_abs_diff"])
+    return {**info, "path": str(target.resolve())}

@@ -1,0 +1,225 @@
+"""Dataset validation with real great-expectations runs: a clean set passes, and every
+kind of defect (corrupt, hostile, inconsistent, duplicated) fails with its file named."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cmunext.data.imageio import DataError
+from cmunext.data.validate import format_summary, scan_dataset, validate_dataset
+from conftest import BUSI, busi
+
+
+# ------------------------------------------------------------------ hand-made bad files
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def _png(width: int, height: int, idat: bytes) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def huge_header_png(side: int = 100_000) -> bytes:
+    """A PNG whose header claims side x side pixels, with (almost) no data behind it."""
+    return _png(side, side, zlib.compress(b""))
+
+
+def bomb_png(side: int = 8000) -> bytes:
+    """A valid side x side PNG of zeros (64 Mpixel) that compresses to ~60 kB, built row by
+    row so the test never holds the decoded image."""
+    z = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)  # filter byte + pixels
+    return _png(side, side, b"".join(z.compress(row) for _ in range(side)) + z.flush())
+
+
+def _edit_mask(path: Path, change) -> None:
+    mask = np.array(Image.open(path))
+    Image.fromarray(change(mask)).save(path)
+
+
+def break_dataset(data: Path, outside: Path) -> None:
+    """One defect per sample of the 24-pair synthetic set (stems synth_00000..23)."""
+    im, ms = data / "images", data / "masks"
+    (im / "synth_00001.png").write_bytes(b"")
+    (im / "synth_00002.png").write_bytes(b"this is not an image, whatever the suffix says")
+    (im / "synth_00003.png").write_bytes((im / "synth_00003.png").read_bytes()[:400])
+    (im / "synth_00004.png").write_bytes(huge_header_png())
+    (im / "synth_00005.png").write_bytes(bomb_png())
+    outside.mkdir()
+    shutil.move(im / "synth_00006.png", outside / "elsewhere.png")
+    (im / "synth_00006.png").symlink_to(outside / "elsewhere.png")
+    (ms / "synth_00007.png").unlink()
+    os.mkfifo(ms / "synth_00007.png")  # opening it for reading would block forever
+    _edit_mask(ms / "synth_00008.png", lambda m: np.where(np.arange(m.shape[1]) < 8, 128, m).astype(np.uint8))
+    _edit_mask(ms / "synth_00009.png", lambda m: m[:-16])
+    (ms / "synth_00010.png").unlink()
+    (im / "synth_00011.png").unlink()
+    shutil.copy(im / "synth_00012.png", im / "synth_dup.png")
+    shutil.copy(ms / "synth_00012.png", ms / "synth_dup.png")
+    Image.open(im / "synth_00014.png").convert("RGBA").save(im / "synth_00014.png")
+    _edit_mask(ms / "synth_00015.png", lambda m: np.full_like(m, 255))
+    Image.open(im / "synth_00016.png").save(im / "synth_00016.jpg")
+    (im / "synth_00017.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2)
+    # a symlink that stays inside the dataset is fine
+    (data / "originals").mkdir()
+    shutil.move(im / "synth_00018.png", data / "originals" / "synth_00018.png")
+    (im / "synth_00018.png").symlink_to(Path("..") / "originals" / "synth_00018.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(im / "synth_tiny.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(ms / "synth_tiny.png")
+
+
+@pytest.fixture(scope="module")
+def broken(synth_dataset, tmp_path_factory):
+    """The broken dataset, validated once: (summary, samples table, dataset root)."""
+    work = tmp_path_factory.mktemp("broken")
+    data = work / "data"
+    shutil.copytree(synth_dataset, data)
+    break_dataset(data, work / "outside")
+    summary = validate_dataset(data, work / "report", progress=False)
+    return summary, pd.read_csv(work / "report" / "samples.csv"), data
+
+
+# ------------------------------------------------------------------------------ tests
+
+def test_clean_dataset_passes_and_writes_reports(dataset_copy, tmp_path):
+    report = tmp_path / "report"
+    summary = validate_dataset(dataset_copy, report, progress=False)
+    assert summary["success"], format_summary(summary)
+    assert summary["samples"] == 24 and summary["failed"] == [] and summary["errors"] == []
+    assert all(c["success"] and c["files"] == [] for c in summary["expectations"])
+    assert summary["exact_duplicate_groups"] == [] and summary["near_duplicate_groups"] == []
+    assert json.loads((report / "summary.json").read_text()) == summary
+    assert Path(summary["data_docs"]) == (report / "data_docs" / "index.html").resolve()
+    assert Path(summary["data_docs"]).is_file()
+    table = pd.read_csv(report / "samples.csv")
+    assert len(table) == 24 and table["error"].isna().all()
+    assert "PASSED" in format_summary(summary)
+
+
+def test_table_records_the_facts(dataset_copy):
+    table = scan_dataset(dataset_copy)
+    for column in ("stem", "image_file", "mask_file", "has_image", "has_mask", "image_decodes", "mask_decodes",
+                   "error", "width", "height", "mask_width", "mask_height", "sizes_match", "channels",
+                   "mask_values", "mask_binary", "foreground_ratio", "sha256", "phash"):
+        assert column in table.columns
+    row = table.iloc[0]
+    assert row["image_file"] == "images/synth_00000.png" and row["mask_file"] == "masks/synth_00000.png"
+    assert row["channels"] == 1 and row["mask_values"] == "0,255" and row["mask_binary"]
+    assert 0 < row["foreground_ratio"] < 1 and row["sizes_match"]
+    assert len(row["sha256"]) == 64 and len(row["phash"]) == 16
+    int(row["phash"], 16)
+
+
+DEFECTS = {  # name: (file at fault, column of the failing expectation, reason in the row's error)
+    "empty file": ("images/synth_00001.png", "image_decodes", "empty file (0 bytes)"),
+    "non-image bytes": ("images/synth_00002.png", "image_decodes", "not a PNG, JPEG, BMP or TIFF"),
+    "truncated png": ("images/synth_00003.png", "image_decodes", "truncated"),
+    "huge declared size": ("images/synth_00004.png", "image_decodes", "decompression bomb"),
+    "decompression bomb": ("images/synth_00005.png", "image_decodes", "exceeds the limit"),
+    "symlink outside": ("images/synth_00006.png", "image_decodes", "symlink leads outside the dataset"),
+    "fifo": ("masks/synth_00007.png", "mask_decodes", "not a regular file"),
+    "non-binary mask": ("masks/synth_00008.png", "mask_binary", None),
+    "size mismatch": ("masks/synth_00009.png", "sizes_match", "masks/synth_00009.png is 384x208"),
+    "image without mask": ("images/synth_00010.png", "has_mask", "image without a mask"),
+    "mask without image": ("masks/synth_00011.png", "has_image", "mask without an image"),
+    "exact duplicate": ("images/synth_dup.png", "sha256", None),
+    "rgba image": ("images/synth_00014.png", "channels", None),
+    "mask all lesion": ("masks/synth_00015.png", "foreground_ratio", None),
+    "two files, one stem": ("images/synth_00016.png", "one_file_per_stem", "synth_00016.jpg"),
+    "png signature, garbage body": ("images/synth_00017.png", "image_decodes", "cannot decode image"),
+    "image too small": ("images/synth_tiny.png", "width", None),
+}
+
+
+@pytest.mark.parametrize("defect", list(DEFECTS))
+def test_defect_fails_and_names_the_file(broken, defect):
+    summary, table, _ = broken
+    file, column, reason = DEFECTS[defect]
+    assert not summary["success"]
+    hits = [c for c in summary["failed"] if c["column"] == column and file in c["files"]]
+    assert hits, f"{defect}: no failure on {column} names {file}: {summary['failed']}"
+    stem = Path(file).stem
+    assert stem in table["stem"].tolist()  # orphans and broken files keep their row
+    if reason:
+        error = table.set_index("stem").loc[stem, "error"]
+        assert file in error and reason in error, error
+
+
+def test_only_the_defective_files_are_blamed(broken):
+    summary, table, _ = broken
+    blamed = {f for c in summary["failed"] for f in c["files"]}
+    expected = {file for file, _, _ in DEFECTS.values()} | {
+        "images/synth_00012.png",  # the original of the duplicate
+        "images/synth_00009.png",  # size mismatch names both files of the pair
+        "masks/synth_00016.png",   # so does the ambiguous stem
+    }
+    assert blamed == expected
+    inside = table.set_index("stem").loc["synth_00018"]  # symlink within the dataset: followed
+    assert inside["image_decodes"] and pd.isna(inside["error"])
+
+
+def test_broken_dataset_reports(broken):
+    summary, _, _ = broken
+    assert summary["exact_duplicate_groups"] == [["synth_00012", "synth_dup"]]
+    assert ["synth_00012", "synth_dup"] in summary["near_duplicate_groups"]  # reported, not failed
+    assert json.loads((Path(summary["report_dir"]) / "summary.json").read_text())["success"] is False
+    assert Path(summary["data_docs"]).is_file()
+    text = format_summary(summary)
+    assert "FAILED" in text and "images/synth_00006.png" in text and "exact-duplicate groups: 1" in text
+    width = next(c for c in summary["failed"] if c["expectation"] == "expect_column_values_to_be_between"
+                 and c["column"] == "width")
+    assert "[32, 4096]" in width["message"] and "observed 16.." in width["message"]
+
+
+def test_too_few_samples(dataset_copy, tmp_path):
+    summary = validate_dataset(dataset_copy, tmp_path / "report", min_samples=25, progress=False)
+    assert not summary["success"]
+    [failure] = summary["failed"]
+    assert failure["expectation"] == "expect_table_row_count_to_be_between" and "found 24" in failure["message"]
+
+
+def test_empty_masks_fail_only_when_not_allowed(dataset_copy, tmp_path):
+    _edit_mask(dataset_copy / "masks" / "synth_00000.png", np.zeros_like)
+    assert validate_dataset(dataset_copy, tmp_path / "allowed", progress=False)["success"]
+    summary = validate_dataset(dataset_copy, tmp_path / "refused", allow_empty_masks=False, progress=False)
+    [failure] = summary["failed"]
+    assert failure["column"] == "foreground_ratio" and failure["files"] == ["masks/synth_00000.png"]
+
+
+def test_missing_folders_raise(tmp_path):
+    with pytest.raises(DataError, match="nowhere"):
+        validate_dataset(tmp_path / "nowhere", tmp_path / "report")
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"masks"):
+        validate_dataset(tmp_path / "data", tmp_path / "report")
+
+
+def test_import_stays_light():
+    code = "import sys, cmunext.data.validate; assert 'great_expectations' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@busi
+@pytest.mark.slow
+def test_busi_reports_near_duplicates(tmp_path):
+    summary = validate_dataset(BUSI, tmp_path / "report", progress=False)
+    assert summary["samples"] == 647
+    # every file is sound; what BUSI gets wrong is duplication (Pawłowska et al. 2023)
+    assert {c["column"] for c in summary["failed"]} <= {"sha256"}
+    assert summary["near_duplicate_groups"] and all(len(g) > 1 for g in summary["near_duplicate_groups"])
+    duplicated = {s for g in summary["exact_duplicate_groups"] for s in g}
+    assert {Path(f).stem for c in summary["failed"] for f in c["files"]} == duplicated
+    assert Path(summary["data_docs"]).is_file()
