@@ -8,10 +8,11 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
-from .data.imageio import DataError
+from .config import load_config
+from .errors import CmunextError
 
 log = logging.getLogger("cmunext")
+
 
 
 def _config(args):
@@ -31,6 +32,56 @@ def cmd_data_synth(args) -> int:
     out = write_synthetic_dataset(args.out, args.n, args.seed, args.empty_fraction)
     print(f"wrote {args.n} synthetic image/mask pairs to {out}")
     return 0
+
+
+def cmd_data_import(args) -> int:
+    from .data.importers import import_dataset
+    s = import_dataset(args.src, args.out, include_normal=args.include_normal, progress=not args.quiet)
+    classes = ", ".join(f"{k} {v}" for k, v in s["classes"].items())
+    state = "already up to date" if s["unchanged"] else "wrote"
+    print(f"{s['out']}: {state} {s['pairs']} image/mask pairs from a {s['layout']} layout ({classes}); "
+          f"{s['converted']} converted to PNG, {s['merged_masks']} with merged masks, {len(s['skipped'])} skipped")
+    for item in s["skipped"][:20]:
+        print(f"  skipped {item['file']}: {item['reason']}")
+    if len(s["skipped"]) > 20:
+        print(f"  ... and {len(s['skipped']) - 20} more")
+    return 0
+
+
+def cmd_data_version(args) -> int:
+    from .data.versioning import version_data
+    r = version_data(args.project, args.data, args.message)
+    if args.json:
+        print(json.dumps(r, indent=1))
+    else:
+        print(r["revision"])
+        log.info("%s/: md5 %s, %d files, pushed to remote %r%s", args.data, r["md5"], r["files"], r["remote"],
+                 "" if r["committed"] else " (unchanged: no new commit)")
+    return 0
+
+
+def cmd_data_remote(args) -> int:
+    from .data.versioning import set_remote
+    r = set_remote(args.project, args.url, args.endpoint_url, check=not args.no_check)
+    print(f"default DVC remote {r['remote']!r}: {r['url']}" + (f" at {r['endpoint_url']}" if r["endpoint_url"] else "")
+          + (f" (committed {r['revision'][:12]})" if r["revision"] else " (unchanged)"))
+    return 0
+
+
+def cmd_data_get(args) -> int:
+    from .data.versioning import materialize
+    r = materialize(args.project, args.revision, args.out, args.data, overwrite=args.overwrite)
+    print(json.dumps(r, indent=1))
+    return 0
+
+def cmd_data_validate(args) -> int:
+    from .data.validate import format_summary, validate_dataset
+    d = load_config(args.config, args.set).data
+    summary = validate_dataset(args.dir, args.report, min_samples=d.min_samples, min_side=d.min_side,
+                               max_side=d.max_side, allow_empty_masks=d.allow_empty_masks,
+                               max_foreground=d.max_foreground, progress=not args.quiet)
+    print(format_summary(summary))
+    return 0 if summary["success"] else 1
 
 
 def cmd_data_split(args) -> int:
@@ -65,6 +116,105 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .config import RunConfig
+    from .evaluation import latency_ms, score_images, summarize
+    from .predict import Predictor
+    from .data.dataset import list_pairs
+    from .serving_artifact import serving_runner
+    import tempfile
+
+    cfg = load_config(args.config, args.set) if args.config else RunConfig()
+    stems = list_pairs(args.data)
+    if args.split:
+        stems = json.loads(Path(args.split).read_text())[args.split_name]
+    predictor = Predictor(args.model, cfg.eval.threshold)
+    rows = score_images(predictor.probabilities, args.data, stems, cfg.eval.threshold)
+    with tempfile.TemporaryDirectory() as tmp:
+        run, artifact = serving_runner(args.model, tmp)
+        lat = latency_ms(run, cfg.eval.latency_runs, cfg.eval.latency_warmup)
+    result = {"images": len(rows), "metrics": summarize(rows, cfg.eval.bootstrap), "latency": {**lat, "artifact": artifact}}
+    if args.json:
+        Path(args.json).write_text(json.dumps({**result, "per_image": rows}, indent=1))
+    m = result["metrics"]
+    print(f"{len(rows)} images: IoU {m['iou']['value']:.4f} [{m['iou']['ci95_low']:.4f}, {m['iou']['ci95_high']:.4f}], "
+          f"Dice {m['dice']['value']:.4f} [{m['dice']['ci95_low']:.4f}, {m['dice']['ci95_high']:.4f}], "
+          f"pooled IoU {m['pooled_iou']['value']:.4f}, HD95 {m['hd95']['value']:.1f} px; "
+          f"latency p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms ({artifact})")
+    return 0
+
+
+# ---- pipeline and registry --------------------------------------------------------------------
+
+def cmd_pipeline_run(args) -> int:
+    from pipelines.run import run_pipeline
+    summary = run_pipeline(args.config, args.set, caching=not args.no_cache)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    print(format_run_summary(summary))
+    return 0
+
+
+def format_run_summary(s: dict) -> str:
+    lines = ["", "=" * 72, f"pipeline run '{s['config']}' finished in {s['seconds']:.0f} s",
+             f"  data revision : {s['data_revision']} (digest {s['data_md5'][:12]})"]
+    if s["metrics"]:
+        m = s["metrics"]
+        lines.append(f"  test IoU      : {m['iou']['value']:.4f} [{m['iou']['ci95_low']:.4f}, {m['iou']['ci95_high']:.4f}] "
+                     f"Dice {m['dice']['value']:.4f}  HD95 {m['hd95']['value']:.1f} px")
+        lines.append(f"  latency       : p50 {s['latency']['p50_ms']:.1f} ms, p95 {s['latency']['p95_ms']:.1f} ms "
+                     f"({s['latency'].get('artifact', '')})")
+    verdict = "PROMOTED" if s["promoted"] else "not promoted"
+    lines.append(f"  gate          : {verdict}; champion {s['champion_before'] or 'none'} -> {s['champion_after'] or 'none'}")
+    if s["gate_report"]:
+        reasons = [ln[2:] for ln in s["gate_report"].splitlines() if ln.startswith("- ")]
+        lines += [f"                  {r}" for r in reasons]
+    lines += [f"  artifacts     : {s['outputs']}", f"  MLflow        : {s['mlflow_tracking_uri']}",
+              f"  MLflow UI     : {s['mlflow_ui']}", "=" * 72]
+    return "\n".join(lines)
+
+
+def cmd_pipeline_compile(args) -> int:
+    from pipelines.run import compile_pipeline
+    print(f"wrote {compile_pipeline(args.out)}")
+    return 0
+
+
+def _model_name(args) -> str:
+    if args.model_name:
+        return args.model_name
+    return load_config(args.config, []).registry.model_name if args.config else load_config(None).registry.model_name
+
+
+def cmd_registry_show(args) -> int:
+    from .tracking import registry
+    info = registry.show(_model_name(args))
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    champ = info["champion"]
+    print(f"model {info['model']}: champion " + (f"version {champ['version']} (run {champ['run_id']}, "
+          f"test IoU {champ['tags'].get('test_iou', '?')}, p95 {champ['tags'].get('latency_p95_ms', '?')} ms)"
+          if champ else "none"))
+    for h in info["history"][-10:]:
+        print(f"  {h['at']}  {h['event']:<12} v{h['version']} (replaced {h['replaced'] or '-'}): {h['reason'][:90]}")
+    return 0
+
+
+def cmd_registry_promote(args) -> int:
+    from .tracking import registry
+    entry = registry.promote(_model_name(args), str(args.version), reason=f"manual: {args.reason}")
+    print(f"version {entry['version']} is now champion (was {entry['replaced'] or 'none'})")
+    return 0
+
+
+def cmd_registry_rollback(args) -> int:
+    from .tracking import registry
+    entry = registry.rollback(_model_name(args), reason=f"rollback: {args.reason}")
+    print(f"rolled back: version {entry['version']} is champion again (was {entry['replaced']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmunext", description="CMUNeXt lesion segmentation: data, training, pipeline, serving")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -84,6 +234,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=41)
     p.set_defaults(func=cmd_data_split)
+    p = dsub.add_parser("import", help="convert BUSI / CMUNeXt / project-layout folders into the project layout")
+    p.add_argument("src")
+    p.add_argument("--out", required=True)
+    p.add_argument("--include-normal", action="store_true", help="keep BUSI 'normal' images (empty masks)")
+    p.set_defaults(func=cmd_data_import)
+    p = dsub.add_parser("version", help="dvc add + push + commit the pointer; prints the data revision")
+    p.add_argument("--data", default="data", help="data folder, relative to the project (default: data)")
+    p.add_argument("--project", default=".", help="the git repository's top folder (default: .)")
+    p.add_argument("-m", "--message", help="commit message")
+    p.add_argument("--json", action="store_true", help="print revision, md5, files, remote as JSON")
+    p.set_defaults(func=cmd_data_version)
+    p = dsub.add_parser("remote", help="make an S3 bucket (or a local folder) the default DVC remote")
+    p.add_argument("url", help="s3://bucket/prefix, or a local folder")
+    p.add_argument("--endpoint-url", help="S3-protocol endpoint, e.g. http://127.0.0.1:9000 (MinIO)")
+    p.add_argument("--project", default=".")
+    p.add_argument("--no-check", action="store_true", help="do not probe the remote before switching")
+    p.set_defaults(func=cmd_data_remote)
+    p = dsub.add_parser("get", help="the exact dataset of a data revision (or 'workspace') into a folder")
+    p.add_argument("revision")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", default="data")
+    p.add_argument("--project", default=".")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_data_get)
+    p = dsub.add_parser("validate", help="great-expectations checks; exit 1 naming the files at fault")
+    p.add_argument("dir")
+    p.add_argument("--report", required=True, help="folder for Data Docs HTML, summary.json, samples.csv")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_data_validate)
 
     p = sub.add_parser("train", help="train a model outside the pipeline (same engine)")
     _add_config_args(p, required=True)
@@ -98,16 +277,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--threshold", type=float, default=0.5)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="metrics and latency of a model on a dataset")
+    p.add_argument("--model", required=True, help="model.safetensors")
+    p.add_argument("--data", required=True, help="dataset folder in the project layout")
+    p.add_argument("--split", help="splits.json to take the stems from")
+    p.add_argument("--split-name", default="test")
+    p.add_argument("--json", help="write the full result (with per-image rows) here")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    pipe = sub.add_parser("pipeline", help="the Kubeflow pipeline: run locally, compile")
+    psub = pipe.add_subparsers(dest="pipeline_command", required=True)
+    p = psub.add_parser("run", help="run the whole pipeline on this machine (kfp.local, caching on)")
+    _add_config_args(p, required=True)
+    p.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")
+    p.add_argument("--json", help="also write the run summary here")
+    p.set_defaults(func=cmd_pipeline_run)
+    p = psub.add_parser("compile", help="compile the pipeline YAML for a Kubeflow Pipelines cluster")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_pipeline_compile)
+
+    reg = sub.add_parser("registry", help="the MLflow model registry: champion, history, promotion, rollback")
+    rsub = reg.add_subparsers(dest="registry_command", required=True)
+    for name, func, help_ in (("show", cmd_registry_show, "the champion and its history"),
+                              ("promote", cmd_registry_promote, "make a version the champion (reviewer's decision)"),
+                              ("rollback", cmd_registry_rollback, "move the champion back to the previous version")):
+        p = rsub.add_parser(name, help=help_)
+        p.add_argument("--model-name", help="registered model (default: from --config or the default config)")
+        p.add_argument("--config", "-c")
+        if name == "show":
+            p.add_argument("--json", action="store_true")
+        if name == "promote":
+            p.add_argument("version")
+        if name in ("promote", "rollback"):
+            p.add_argument("--reason", required=name == "promote", default="manual rollback")
+        p.set_defaults(func=func)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # -q/--quiet is accepted anywhere on the line, not only before the subcommand
+    quiet = any(a in ("-q", "--quiet") for a in argv)
+    args = build_parser().parse_args([a for a in argv if a not in ("-q", "--quiet")])
+    args.quiet = quiet
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+    except (CmunextError, FileNotFoundError, ValueError) as exc:
         print(f"cmunext: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

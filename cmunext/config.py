@@ -11,6 +11,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import CmunextError
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -93,7 +95,7 @@ class RunConfig(_Section):
     registry: RegistryConfig = RegistryConfig()
 
 
-class ConfigError(ValueError):
+class ConfigError(CmunextError, ValueError):
     """A config file or override is invalid; the message names the key at fault."""
 
 

@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+from ..errors import CmunextError
+
 MAX_PIXELS = 50_000_000  # ~7000x7000; far above any ultrasound frame
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class DataError(ValueError):
+class DataError(CmunextError, ValueError):
     """A data file or folder is unusable; the message names it and says why."""
 
 

@@ -172,7 +172,8 @@ def _inspect(kind: str, paths: list[Path], root: Path, root_real: Path, row: dic
 
 
 def _sample_row(stem: str, images: list[Path], masks: list[Path], root: Path, root_real: Path) -> dict:
-    row: dict = {"stem": _printable(stem), "has_image": bool(images), "has_mask": bool(masks), "one_file_per_stem": True}
+    row: dict = {"stem": _printable(stem), "has_image": bool(images), "has_mask": bool(masks),
+                 "one_file_per_stem": True}
     errors: list[str] = []
     _inspect("image", images, root, root_real, row, errors)
     _inspect("mask", masks, root, root_real, row, errors)
@@ -297,11 +298,18 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
+def _exception(res) -> str | None:
+    """The error GX caught while evaluating an expectation (one dict, or one per metric)."""
+    info = res.exception_info or {}
+    infos = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    return next((i.get("exception_message") or "unknown error" for i in infos if i.get("raised_exception")), None)
+
+
 def _message(res, config, table: pd.DataFrame) -> str:
     kwargs, r = config.kwargs, res.result or {}
     what = config.description or config.type
-    if res.exception_info.get("raised_exception"):
-        return f"{what}: could not be evaluated ({res.exception_info.get('exception_message')})"
+    if error := _exception(res):
+        return f"{what}: could not be evaluated ({error})"
     if config.type == "expect_table_row_count_to_be_between":
         return f"{what}: found {r.get('observed_value')}"
     bad, total = r.get("unexpected_count", 0), r.get("element_count", 0)
@@ -314,10 +322,10 @@ def _message(res, config, table: pd.DataFrame) -> str:
         text += f" (allowed {bracket}{kwargs.get('min_value'):g}, {kwargs.get('max_value'):g}], {observed})"
     elif config.type == "expect_column_values_to_be_in_set" and list(kwargs.get("value_set", [])) != [True]:
         seen = ", ".join(f"{_plain(c['value'])} x{c['count']}" for c in r.get("partial_unexpected_counts", []))
-        text += f" (allowed {list(kwargs.get('value_set', []))}; unexpected: {seen})"
-    elif config.type == "expect_column_values_to_not_be_null":
+        text += f" (allowed {list(kwargs.get('value_set', []))}" + (f"; unexpected: {seen})" if seen else ")")
+    elif config.type == "expect_column_values_to_not_be_null" and bad:
         text += " (value missing: file absent or not decodable)"
-    elif config.type == "expect_column_values_to_be_unique":
+    elif config.type == "expect_column_values_to_be_unique" and bad:
         text += " (their image bytes are identical to another sample's)"
     return text
 

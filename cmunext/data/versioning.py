@@ -115,7 +115,7 @@ def _commit(root: Path, paths: list[str], message: str) -> str | None:
     identity = []
     if not _git(root, "config", "user.email", check=False).stdout.strip():
         identity = ["-c", "user.name=cmunext", "-c", "user.email=cmunext@localhost"]
-    _git(root, *identity, "commit", "-q", "--no-verify", "-m", message, "--", *paths)
+    _git(root, *identity, "commit", "-q", "-m", message, "--", *paths)
     return _git(root, "rev-parse", "HEAD").stdout.strip()
 
 
@@ -131,13 +131,20 @@ def _dvc_quiet():
         def emit(self, record):
             records.append(record)
 
+    # DVC's two progress-bar classes switch themselves off by their module logger's level
+    bars = [logging.getLogger(n) for n in ("dvc.progress", "dvc_data.callbacks")]
+    bar_levels = [b.level for b in bars]
     logger.handlers, logger.propagate = [_Keep(logging.WARNING)], False
     logger.setLevel(logging.WARNING)
+    for b in bars:
+        b.setLevel(logging.CRITICAL)
     try:
         yield records
     finally:
         logger.handlers, logger.propagate = saved[0], saved[1]
         logger.setLevel(saved[2])
+        for b, level in zip(bars, bar_levels):
+            b.setLevel(level)
 
 
 def _repo(root: Path, **kwargs):
@@ -471,19 +478,17 @@ def dataset_md5(path: str | Path, project_root: str | Path | None = None) -> dic
     """The md5 DVC would record for a folder (``<hex>.dir``) and its file count, without adding it.
     Uses the project's .dvcignore and hash cache when `project_root` is given."""
     from dvc_data.hashfile.build import build
-    from dvc_objects.fs import LocalFileSystem, MemoryFileSystem
     from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs import LocalFileSystem, MemoryFileSystem
 
     path = Path(path).resolve()
     if not path.is_dir():
         raise VersioningError(f"{path}: data folder not found")
-    ignore, odb = None, None
     with _dvc_quiet():
-        if project_root is not None:
+        if project_root is not None:  # the repo's hash state makes hashing the same files again cheap
             with _repo(Path(project_root).resolve()) as repo:
-                ignore = repo.dvcignore
-                odb = repo.cache.local
-                _, meta, obj = build(odb, str(path), repo.fs, "md5", dry_run=True, ignore=ignore)
+                _, meta, obj = build(repo.cache.local, str(path), repo.fs, "md5", dry_run=True,
+                                     ignore=repo.dvcignore)
         else:
             odb = HashFileDB(MemoryFileSystem(), "/staging")
             _, meta, obj = build(odb, str(path), LocalFileSystem(), "md5", dry_run=True)
@@ -504,23 +509,50 @@ def _copy_tree(src: Path, dest: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _fetch(root: Path, sha: str, revision: str, rel: str, md5: str, cache: Path) -> None:
-    """Fill CACHE with the files of RELat SHA, read through the workspace's default remote."""
+def _read_rev(root: Path, sha: str, revision: str, rel: str, dest: Path, name: str, conf: dict,
+              override: bool) -> None:
     from dvc.api import DVCFileSystem
 
+    action = f"read {rel} at revision {revision!r}"
+    _check_endpoint(name, conf, action)
+    _clear_fs_caches()
+    config = {"core": {"remote": name}, "remote": {name: conf}} if override else None
+    with _dvc_quiet() as logs:
+        try:
+            DVCFileSystem(str(root), rev=sha, config=config).get(rel, str(dest), recursive=True)
+        except Exception as exc:  # noqa: BLE001
+            shutil.rmtree(dest, ignore_errors=True)
+            raise _remote_error(exc, logs, name, conf, action) from None
+
+
+def _remote_at(root: Path, sha: str) -> tuple[str, dict] | None:
+    """(name, config) of the default remote as configured at a revision, if any."""
+    try:
+        with _dvc_quiet(), _repo(root, rev=sha) as repo:
+            name = repo.config["core"].get("remote")
+            return (name, dict(repo.config["remote"][name])) if name in repo.config["remote"] else None
+    except Exception:  # noqa: BLE001 - an unreadable old config only means: no second place to look
+        return None
+
+
+def _fetch(root: Path, sha: str, revision: str, rel: str, md5: str, cache: Path) -> None:
+    """Fill CACHE with the files of REL at SHA: through the workspace's default remote (data may
+    have moved since), else through the remote that the revision itself names."""
     name, conf = _remote_info(root)
-    _check_endpoint(name, conf, f"read {rel} at revision {revision!r}")
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.fetch-", dir=cache.parent))
-    _clear_fs_caches()
     try:
-        with _dvc_quiet() as logs:
+        try:
+            _read_rev(root, sha, revision, rel, tmp / "data", name, conf, override=True)
+        except RemoteDataError as first:
+            old = _remote_at(root, sha)
+            if old is None or old == (name, conf):
+                raise
             try:
-                # the workspace's remote, not the one configured at that revision: data may have moved
-                fs = DVCFileSystem(str(root), rev=sha, config={"core": {"remote": name}, "remote": {name: conf}})
-                fs.get(rel, str(tmp / "data"), recursive=True)
-            except Exception as exc:  # noqa: BLE001
-                raise _remote_error(exc, logs, name, conf, f"read {rel} at revision {revision!r}") from None
+                _read_rev(root, sha, revision, rel, tmp / "data", *old, override=False)
+            except RemoteError:
+                raise first from None
+            name, conf = old
         got = dataset_md5(tmp / "data")
         if got["md5"] != md5:
             raise RemoteDataError(f"{rel} at revision {revision!r}: read md5 {got['md5']} from "

@@ -3,23 +3,21 @@ resize-back, mask statistics and overlays.
 
 The serving image has no torch (and no albumentations), so the steps of `cmunext.predict.Predictor`
 are repeated here with numpy and OpenCV only; tests check that both give the same numbers.
-Inside a bento this package is copied as `cmunext_bento`, beside a copy of `cmunext/data/imageio.py`.
+Inside a bento these modules are copied into package `cmunext_bento` (see cmunext.serving.package).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-try:  # in the project
-    from ..data.imageio import DataError, open_image, to_array
-except ImportError:  # inside a bento: a copy of cmunext/data/imageio.py sits beside this module
-    from .imageio import DataError, open_image, to_array  # type: ignore[no-redef]
+from ..data.imageio import DataError, open_image, to_array
 
 THRESHOLD = 0.5
 EXPORT_JSON = "export.json"
@@ -27,20 +25,37 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GRAY_MEAN, GRAY_STD = (0.449,), (0.226,)
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 
-__all__ = ["DataError", "UnsupportedImage", "decode_image", "preprocess", "resize_back", "sigmoid",
-           "mask_summary", "overlay", "png_bytes", "sha256_file", "OnnxModel", "demo_image"]
+__all__ = ["DataError", "UnsupportedImage", "TooLarge", "decode_image", "preprocess", "resize_back", "sigmoid",
+           "mask_summary", "overlay", "png_bytes", "sha256_file", "verify_artifact", "OnnxModel", "demo_image"]
 
 
 class UnsupportedImage(DataError):
     """The bytes are not a PNG or JPEG file."""
 
 
+class TooLarge(DataError):
+    """The image has more pixels than allowed (or declares so many that it is a decompression bomb)."""
+
+
 def decode_image(data: bytes, max_pixels: int, name: str = "upload") -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 HxW (grayscale) or HxWx3 (colour); DataError says what is wrong."""
+    """PNG/JPEG bytes -> uint8 HxW (grayscale) or HxWx3 (colour); a DataError subclass says what is wrong.
+
+    The size in the header is checked before any pixel is decoded."""
     if not data:
         raise DataError(f"{name}: empty file")
     if not (data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC)):
         raise UnsupportedImage(f"{name}: not a PNG or JPEG image (starts with {data[:8]!r})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as probe:
+                w, h = probe.size
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise TooLarge(f"{name}: refused as a decompression bomb ({exc})") from None
+        except Exception as exc:  # PIL raises several types for broken headers
+            raise DataError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from None
+    if w * h > max_pixels:
+        raise TooLarge(f"{name}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}")
     return to_array(open_image(io.BytesIO(data), name=name, max_pixels=max_pixels))
 
 
@@ -135,19 +150,30 @@ def session_options(settings: dict, threads: int | None = None):
     return opts
 
 
+def verify_artifact(folder: str | Path, recorded: dict[str, str | None] | None = None) -> str:
+    """sha256 of FOLDER's artifact; RuntimeError when it differs from export.json's or from any RECORDED one
+    ({where it was recorded: sha256})."""
+    folder = Path(folder)
+    info = json.loads((folder / EXPORT_JSON).read_text())
+    path = folder / info["file"]
+    actual = sha256_file(path)
+    for where, want in {"export.json": info.get("sha256"), **(recorded or {})}.items():
+        if want and want != actual:
+            raise RuntimeError(f"refusing to serve {path}: its sha256 {actual} differs from the one recorded in "
+                               f"{where} ({want}); the artifact was changed or corrupted")
+    return actual
+
+
 class OnnxModel:
     """An exported artifact (model.onnx + export.json) in ONNX Runtime; returns lesion probabilities."""
 
-    def __init__(self, folder: str | Path, expected_sha256: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, folder: str | Path, recorded: dict[str, str | None] | None = None,
+                 threads: int | None = None) -> None:
         import onnxruntime as ort
         folder = Path(folder)
+        self.sha256 = verify_artifact(folder, recorded)
         self.info = json.loads((folder / EXPORT_JSON).read_text())
         self.path = folder / self.info["file"]
-        self.sha256 = sha256_file(self.path)
-        for label, want in (("export.json", self.info["sha256"]), ("the packaged metadata", expected_sha256)):
-            if want and want != self.sha256:
-                raise RuntimeError(f"refusing to serve {self.path}: its sha256 {self.sha256} differs from the one "
-                                   f"recorded in {label} ({want}); the artifact was changed or corrupted")
         settings = self.info.get("session", {})
         self.session = ort.InferenceSession(str(self.path), session_options(settings, threads),
                                             providers=["CPUExecutionProvider"])

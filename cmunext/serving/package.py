@@ -1,0 +1,159 @@
+"""Package a registered model version for serving: ONNX artifact -> BentoML model -> bento -> .bento archive.
+
+The bento holds a torch-free copy of the serving code (package `cmunext_bento`: cmunext/serving/ and
+cmunext/data/imageio.py with what it imports, in the same layout), exact pins of its runtime packages taken from
+this environment, and build arguments naming the model and its sha256, so the bento always serves the
+model it was built with. Stores live in $BENTOML_HOME, by default <state folder>/bentoml.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+from ..paths import state_dir
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "cmunext-segmenter"   # the BentoML model name (the MLflow name is in its labels)
+BENTO_NAME = "cmunext-service"
+BUNDLE = "cmunext_bento"           # the serving code's package name inside a bento
+SERVICE = f"{BUNDLE}.serving.service:Segmenter"
+SERVING_PACKAGES = ("onnxruntime", "numpy", "pillow", "opencv-python-headless")
+# the torch-free part of the project that the service imports, copied with its layout (so relative imports hold)
+_SOURCES = ("errors.py", "data/imageio.py", "serving/__init__.py", "serving/service.py", "serving/runtime.py",
+            "serving/guard.py", "serving/ui.py")
+
+
+def bentoml_home() -> Path:
+    """$BENTOML_HOME, set to <state folder>/bentoml when unset (before bentoml reads it)."""
+    if not os.environ.get("BENTOML_HOME"):
+        os.environ["BENTOML_HOME"] = str(state_dir() / "bentoml")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    home = Path(os.environ["BENTOML_HOME"]).resolve()
+    for sub in ("models", "bentos", "tmp", "envs"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def stores():
+    """(model store, bento store) of bentoml_home(), built explicitly so an earlier BENTOML_HOME in this
+    process cannot send anything elsewhere."""
+    home = bentoml_home()
+    from bentoml._internal.bento import BentoStore
+    from bentoml._internal.models import ModelStore
+    return ModelStore(str(home / "models")), BentoStore(str(home / "bentos"))
+
+
+def serving_requirements() -> list[str]:
+    """Exact pins of the serving image's packages, as installed here (no torch, no CUDA wheels)."""
+    pins = []
+    for name in SERVING_PACKAGES:
+        candidates = [name] if name != "opencv-python-headless" else [name, "opencv-python", "opencv-contrib-python-headless"]
+        for dist in candidates:
+            try:
+                pins.append(f"{name}=={importlib_metadata.version(dist)}")
+                break
+            except importlib_metadata.PackageNotFoundError:
+                continue
+        else:
+            raise RuntimeError(f"{name} is not installed; the serving requirements are pinned from this environment")
+    return pins
+
+
+def stage_bundle(target: str | Path) -> Path:
+    """Write the torch-free serving package `cmunext_bento/` (a subset of `cmunext/`, same layout) under TARGET."""
+    root = Path(__file__).resolve().parents[1]
+    pkg = Path(target) / BUNDLE
+    shutil.rmtree(pkg, ignore_errors=True)
+    for folder in (pkg, pkg / "data", pkg / "serving"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "__init__.py").write_text('"""Copied from the cmunext project by cmunext.serving.package (no torch)."""\n')
+    for source in _SOURCES:
+        if (root / source).exists():
+            shutil.copyfile(root / source, pkg / source)
+    return Path(target)
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=float))
+
+
+def _build(ctx: Path, config: dict, home: Path) -> str:
+    import yaml
+    (ctx / "bentofile.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    env.pop("CMUNEXT_BENTO_MODEL", None)  # the build arguments choose the model
+    proc = subprocess.run([sys.executable, "-m", "bentoml", "build", str(ctx), "-f", str(ctx / "bentofile.yaml"),
+                           "-o", "tag"], cwd=ctx, env=env, capture_output=True, text=True)
+    tags = [line.split("__tag__:", 1)[1].strip() for line in proc.stdout.splitlines() if "__tag__:" in line]
+    if proc.returncode != 0 or not tags:
+        raise RuntimeError(f"bentoml build failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return tags[-1]
+
+
+def package_model(weights: str | Path, *, model_name: str, model_version: str | int, run_id: str,
+                  data_revision: str, metrics: dict, export_to: str | None = None, tolerance: float = 1e-4,
+                  runs: int = 30) -> dict:
+    """Export WEIGHTS, store the artifact as a BentoML model, build a bento and export it as a .bento archive
+    (to <state>/bentos/, or to EXPORT_TO: a folder, a file path or an s3:// URL).
+
+    Returns {"bento_tag", "model_tag", "archive", "format", "sha256", ...}.
+    """
+    from .export import export_serving_artifact
+
+    home = bentoml_home()
+    import bentoml
+
+    model_store, bento_store = stores()
+    labels = {"mlflow_model": str(model_name), "mlflow_version": str(model_version), "run_id": str(run_id),
+              "data_revision": str(data_revision)}
+    with tempfile.TemporaryDirectory(prefix="cmunext-package-", dir=home / "tmp") as tmp:
+        tmp = Path(tmp)
+        info = export_serving_artifact(weights, tmp / "artifact", tolerance=tolerance, runs=runs)
+        artifact_labels = {**labels, "sha256": info["sha256"], "format": info["format"]}
+        metadata = _jsonable({
+            **artifact_labels, "metrics": metrics, "file": info["file"], "image_size": info["image_size"],
+            "in_channels": info["in_channels"], "num_classes": info["num_classes"], "variant": info["variant"],
+            "weights_sha256": info["weights_sha256"], "max_abs_diff": info["max_abs_diff"],
+            "session": info["session"], "candidates_ms": {k: v["ms"] for k, v in info["candidates"].items()},
+        })
+        with bentoml.models.create(MODEL_NAME, labels=artifact_labels, metadata=metadata,
+                                   _model_store=model_store) as bento_model:
+            for name in (info["file"], "export.json"):
+                shutil.copyfile(tmp / "artifact" / name, bento_model.path_of(name))
+        model_tag = str(bento_model.tag)
+        log.info("package: BentoML model %s (%s, sha256 %s)", model_tag, info["format"], info["sha256"][:12])
+
+        ctx = stage_bundle(tmp / "context")
+        bento_tag = _build(ctx, {
+            "service": SERVICE,
+            "name": BENTO_NAME,
+            "description": f"CMUNeXt lesion segmentation: {model_name} version {model_version} ({info['format']})",
+            "labels": {**artifact_labels, "model_tag": model_tag},
+            "include": [f"/{BUNDLE}/**/*.py"],
+            "exclude": ["__pycache__/", "*.pyc"],
+            "python": {"packages": serving_requirements(), "lock_packages": False},
+            "args": {"model": model_tag, "sha256": info["sha256"]},
+        }, home)
+    log.info("package: bento %s", bento_tag)
+
+    if export_to is None:
+        target = str((state_dir() / "bentos").resolve()) + "/"
+        Path(target).mkdir(parents=True, exist_ok=True)
+    elif "://" in export_to:
+        target = export_to
+    else:
+        target = str(Path(export_to).expanduser().resolve()) + ("/" if export_to.endswith("/") or Path(export_to).is_dir() else "")
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+    written = bentoml.export_bento(bento_tag, target, _bento_store=bento_store)
+    archive = f"{target.split('://', 1)[0]}://{written}" if "://" in target else str(Path(written).resolve())
+    log.info("package: exported %s to %s", bento_tag, archive)
+    return {"bento_tag": bento_tag, "model_tag": model_tag, "archive": archive, "format": info["format"],
+            "sha256": info["sha256"], "max_abs_diff": info["max_abs_diff"], "candidates_ms": metadata["candidates_ms"]}

@@ -1,0 +1,190 @@
+"""The BentoML service: lesion masks, numbers and overlays for uploaded ultrasound images.
+
+Two services, served together by `bentoml serve`:
+
+- `Segmenter` (the HTTP front): checks and decodes uploads, preprocesses them exactly as
+  `cmunext.predict.Predictor` does, and turns probabilities into masks, numbers and overlays.
+  POST /segment (mask PNG, 0/255, at the input's size), POST /segment_json, POST /overlay (PNG);
+  GET / is a web page; BentoML's /healthz /livez /readyz /metrics stay.
+- `SegmentationModel`: ONNX Runtime over the exported artifact, with adaptive batching
+  (`infer` is batchable: concurrent requests are run as one batch; the batch sizes are in /metrics as
+  `bentoml_service_adaptive_batch_size` and `cmunext_inference_batch_size`).
+
+The model is a BentoML model made by `cmunext.serving.package`: `$CMUNEXT_BENTO_MODEL` if set, else
+the one a bento was built for, else `cmunext-segmenter:latest`. Start-up is refused when the
+artifact's sha256 differs from the one recorded when it was packaged.
+
+Settings (environment): CMUNEXT_API_TOKEN (bearer token; unset = no auth; health endpoints and the
+page stay open), CMUNEXT_MAX_UPLOAD_BYTES (default 20 MiB), CMUNEXT_MAX_PIXELS (default 25 M),
+CMUNEXT_MAX_BATCH (default 8), CMUNEXT_ORT_THREADS (default: as exported).
+
+No torch here: the serving image has none.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import anyio.to_thread
+import bentoml
+from bentoml.exceptions import NotFound
+import numpy as np
+from PIL import Image as PILImage
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from .guard import RequestGuard
+from .runtime import (THRESHOLD, DataError, OnnxModel, TooLarge, UnsupportedImage, decode_image, demo_image,
+                      mask_summary, overlay, png_bytes, preprocess, resize_back, verify_artifact)
+from .ui import PAGE
+
+log = logging.getLogger("cmunext.serving")
+
+MODEL_NAME = "cmunext-segmenter"
+MODEL_ENV = "CMUNEXT_BENTO_MODEL"
+MAX_BATCH = int(os.environ.get("CMUNEXT_MAX_BATCH", "8"))
+MAX_UPLOAD_BYTES = int(os.environ.get("CMUNEXT_MAX_UPLOAD_BYTES", str(20 * 1024 * 1024)))
+MAX_PIXELS = int(os.environ.get("CMUNEXT_MAX_PIXELS", "25000000"))
+API_PATHS = ("/segment", "/segment_json", "/overlay")
+
+_ARGS = bentoml.use_arguments()  # a bento records {model, sha256} at build time
+MODEL_TAG = os.environ.get(MODEL_ENV) or getattr(_ARGS, "model", None) or f"{MODEL_NAME}:latest"
+# the bento's own record of the artifact counts only for the model it was built with
+_BENTO_SHA = getattr(_ARGS, "sha256", None) if MODEL_TAG == getattr(_ARGS, "model", None) else None
+
+
+def records(stored) -> dict:
+    """Where the artifact's sha256 was recorded when it was packaged."""
+    return {f"the metadata of model {stored.tag}": stored.info.metadata.get("sha256"), "the bento's arguments": _BENTO_SHA}
+
+
+def check_at_start(tag: str) -> None:
+    """Refuse to start with a changed artifact. Runs when `bentoml serve` (or build) imports this module, so the
+    server exits at once; a failure inside a worker would only make it restart, again and again."""
+    try:
+        stored = bentoml.models.get(tag)
+    except NotFound:
+        log.warning("model %s not found in the model store (yet); not checked at import", tag)
+        return
+    verify_artifact(stored.path, records(stored))
+
+
+def model_card(stored) -> dict:
+    meta, labels = stored.info.metadata, stored.info.labels
+    return {"tag": str(stored.tag), "mlflow_model": labels.get("mlflow_model"),
+            "mlflow_version": labels.get("mlflow_version"), "run_id": labels.get("run_id"),
+            "data_revision": labels.get("data_revision"), "format": meta.get("format"), "sha256": meta.get("sha256")}
+
+
+def _error(exc: Exception) -> JSONResponse:
+    status = 415 if isinstance(exc, UnsupportedImage) else 413 if isinstance(exc, TooLarge) else 400
+    return JSONResponse({"error": str(exc), "status": status}, status_code=status)
+
+
+@bentoml.service(workers=1, traffic={"timeout": 120, "concurrency": MAX_BATCH})
+class SegmentationModel:
+    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        stored = self.bento_model
+        threads = int(os.environ.get("CMUNEXT_ORT_THREADS", "0")) or None
+        self.runtime = OnnxModel(stored.path, records(stored), threads=threads)
+        self.batch_sizes = bentoml.metrics.Histogram(
+            name="cmunext_inference_batch_size", documentation="images per ONNX Runtime call",
+            buckets=tuple(float(2 ** i) for i in range(8)))
+        log.info("serving %s (%s, sha256 %s)", stored.tag, self.runtime.info["format"], self.runtime.sha256[:12])
+
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=60_000)
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """N x C x S x S normalised images -> N x S x S lesion probabilities."""
+        self.batch_sizes.observe(len(batch))
+        return self.runtime.probabilities(batch)
+
+
+ui = Starlette(routes=[
+    Route("/", lambda request: HTMLResponse(PAGE)),
+    Route("/ui", lambda request: HTMLResponse(PAGE)),
+    Route("/ui/demo.png", lambda request: Response(png_bytes(demo_image()), media_type="image/png")),
+])
+
+
+@bentoml.asgi_app(ui, path="/")
+@bentoml.service(workers=1, traffic={"timeout": 120, "max_concurrency": 64})
+class Segmenter:
+    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+    model = bentoml.depends(SegmentationModel)
+
+    def __init__(self) -> None:
+        stored = self.bento_model
+        meta = stored.info.metadata
+        self.size, self.channels = int(meta["image_size"]), int(meta["in_channels"])
+        self.card = model_card(stored)
+
+    def _prepare(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        image = decode_image(Path(path).read_bytes(), MAX_PIXELS)
+        return image, preprocess(image, self.size, self.channels)
+
+    async def _infer(self, batch: np.ndarray) -> np.ndarray:
+        # BentoML 1.4.40 replaces its client session to the model service every 100 requests and closes the
+        # old one under the requests still in flight (bentoml/BentoML#5698, #4971): retry those (inference
+        # is idempotent); anything else propagates.
+        import aiohttp
+        for attempt in range(3):
+            try:
+                return await self.model.to_async.infer(batch)
+            except (aiohttp.ClientConnectionError, RuntimeError) as exc:
+                if attempt == 2 or (isinstance(exc, RuntimeError) and "closed" not in str(exc).lower()):
+                    raise
+                log.info("model service connection dropped (%s: %s); retrying", type(exc).__name__, exc)
+
+    async def _predict(self, path: Path):
+        """(image, probability, mask, timings) or a 4xx JSONResponse saying what is wrong with the upload."""
+        t0 = time.perf_counter()
+        try:
+            image, x = await anyio.to_thread.run_sync(self._prepare, path)
+        except DataError as exc:
+            return _error(exc)
+        t1 = time.perf_counter()
+        small = (await self._infer(x[None]))[0]
+        t2 = time.perf_counter()
+        prob = resize_back(small, image.shape[0], image.shape[1])
+        mask = (prob > THRESHOLD).astype(np.uint8)
+        return image, prob, mask, {"decode": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000, "start": t0}
+
+    @bentoml.api(route="/segment")
+    async def segment(self, image: Path) -> PILImage.Image:
+        """The lesion mask (PNG, 0 = background, 255 = lesion) at the uploaded image's size."""
+        out = await self._predict(image)
+        if isinstance(out, Response):
+            return out
+        return Response(png_bytes(out[2] * 255), media_type="image/png")
+
+    @bentoml.api(route="/segment_json")
+    async def segment_json(self, image: Path) -> dict:
+        """Lesion area (pixels, fraction), bounding boxes of connected regions, mean probability inside the
+        mask, the model and the server-side latency."""
+        out = await self._predict(image)
+        if isinstance(out, Response):
+            return out
+        _, prob, mask, timing = out
+        summary = await anyio.to_thread.run_sync(mask_summary, prob, mask)
+        total = (time.perf_counter() - timing["start"]) * 1000
+        return {**summary, "threshold": THRESHOLD, "model": self.card,
+                "latency_ms": {"total": total, "decode": timing["decode"], "inference": timing["inference"]}}
+
+    @bentoml.api(route="/overlay")
+    async def overlay(self, image: Path) -> PILImage.Image:
+        """The image (RGB PNG) with the lesion tinted and outlined."""
+        out = await self._predict(image)
+        if isinstance(out, Response):
+            return out
+        picture = await anyio.to_thread.run_sync(lambda: png_bytes(overlay(out[0], out[2])))
+        return Response(picture, media_type="image/png")
+
+
+check_at_start(MODEL_TAG)
+Segmenter.add_asgi_middleware(RequestGuard, api_paths=API_PATHS, token=os.environ.get("CMUNEXT_API_TOKEN"),
+                              max_bytes=MAX_UPLOAD_BYTES)

@@ -1,0 +1,216 @@
+"""The pipeline's steps as library functions. Each kfp component in `components/` parses its
+inputs, calls one function here, and turns the result into kfp artifacts; tests call these
+directly. A step that fails raises before it changes anything outside its own outputs."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from .config import RunConfig
+from .errors import CmunextError
+
+log = logging.getLogger(__name__)
+
+
+class StepFailed(CmunextError):
+    """A step refused to continue; the message says why (e.g. the data failed validation)."""
+
+
+# ---- validate -------------------------------------------------------------------------------
+
+def snapshot_data(cfg: RunConfig, revision: str, project_root: str | Path, dest: str | Path) -> dict:
+    """Copy exactly the requested dataset version into `dest`; returns {revision, md5, files}."""
+    from .data.fingerprint import folder_digest
+    from .prepare import resolve_source
+
+    dest = Path(dest)
+    if revision not in ("", "workspace"):
+        from .data.versioning import materialize
+        return materialize(project_root, revision, dest)
+    source = resolve_source(cfg, progress=False)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for sub in ("images", "masks"):
+        src = source / sub
+        if src.is_dir():  # symlinks are copied as links: the validator refuses those leading outside
+            shutil.copytree(src, dest / sub, symlinks=True)
+    files = sum(1 for _ in dest.rglob("*") if _.is_file())
+    return {"revision": "workspace", "md5": folder_digest(dest), "files": files, "source": str(source)}
+
+
+def validate(cfg: RunConfig, data_dir: str | Path, report_dir: str | Path) -> dict:
+    from .data.validate import format_summary, validate_dataset
+
+    d = cfg.data
+    summary = validate_dataset(data_dir, report_dir, min_samples=d.min_samples, min_side=d.min_side,
+                               max_side=d.max_side, allow_empty_masks=d.allow_empty_masks,
+                               max_foreground=d.max_foreground, progress=False)
+    if not summary["success"]:
+        raise StepFailed("data validation failed; the run stops before training:\n" + format_summary(summary))
+    return summary
+
+
+# ---- preprocess -----------------------------------------------------------------------------
+
+def preprocess(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_revision: str) -> dict:
+    from .data.preprocess import preprocess as write_shards
+    from .data.split import make_split, write_split
+
+    split = make_split(data_dir, cfg.data.split_ratios, cfg.data.split_seed, progress=False)
+    manifest = write_shards(data_dir, split, out_dir, cfg.data.image_size, cfg.model.in_channels,
+                            data_revision=data_revision, progress=False)
+    write_split(split, Path(out_dir) / "splits.json")
+    return {"split": split["info"], "stats": {k: v["stats"] for k, v in manifest["splits"].items()}}
+
+
+# ---- train ----------------------------------------------------------------------------------
+
+def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_revision: str, data_md5: str,
+          pipeline_run: str = "") -> dict:
+    """Train with MLflow tracking; returns {run_id, model_uri, weights, best_epoch, best_val_iou}."""
+    from .engine.trainer import train as run_training
+    from .pictures import training_curves
+    from .tracking import mlflow_runs
+
+    out_dir = Path(out_dir)
+    run_id = mlflow_runs.start(cfg, data_revision, data_md5, tags={"pipeline_run": pipeline_run})
+    mlflow_runs.set_tags(run_id, {"status_detail": "training"})
+    result = run_training(cfg, data_dir, out_dir, resume=True, callbacks=[mlflow_runs.EpochLogger(run_id)])
+    curves = training_curves(result.history, out_dir / "training_curves.png")
+    mlflow_runs.log_pictures(run_id, {"plots": curves})
+    mlflow_runs.log_metrics(run_id, {"best_val_iou": result.best_val_iou, "best_epoch": result.best_epoch,
+                                     "train_images_per_second": result.images_per_second})
+    model_uri = mlflow_runs.log_model(run_id, result.weights, cfg.data.image_size, cfg.model.in_channels)
+    mlflow_runs.set_tags(run_id, {"status_detail": "trained", "model_uri": model_uri})
+    return {"run_id": run_id, "model_uri": model_uri, "weights": str(result.weights),
+            "best_epoch": result.best_epoch, "best_val_iou": result.best_val_iou}
+
+
+# ---- evaluate -------------------------------------------------------------------------------
+
+def _champion_weights(model_name: str, dest: Path) -> tuple[dict, Path] | None:
+    import mlflow
+
+    from .tracking import registry
+    champ = registry.champion(model_name)
+    if champ is None:
+        return None
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}@champion", dst_path=str(dest)))
+    found = sorted(local.rglob("*.safetensors"))
+    if not found:
+        raise StepFailed(f"champion {model_name} v{champ['version']} has no weights file in its artifacts")
+    return champ, found[0]
+
+
+def _score(cfg: RunConfig, weights: Path, data_dir: Path, stems: list[str], workdir: Path) -> tuple[list, dict, object]:
+    from .evaluation import latency_ms, score_images
+    from .predict import Predictor
+    from .serving_artifact import serving_runner
+
+    predictor = Predictor(weights, cfg.eval.threshold)
+    rows = score_images(predictor.probabilities, data_dir, stems, cfg.eval.threshold, progress=False)
+    run, artifact = serving_runner(weights, workdir)
+    lat = latency_ms(run, cfg.eval.latency_runs, cfg.eval.latency_warmup)
+    lat["artifact"] = artifact
+    return rows, lat, predictor
+
+
+def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preprocessed_dir: str | Path,
+             out_dir: str | Path, run_id: str | None = None) -> dict:
+    """Score the test split; score the champion on the same images and machine when there is one."""
+    from .evaluation import compare, count_macs, summarize
+    from .models import count_parameters
+    from .pictures import gallery
+
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stems = json.loads((Path(preprocessed_dir) / "splits.json").read_text())["test"]
+    if not stems:
+        raise StepFailed("the test split is empty: raise data.split_ratios[2] or add data")
+    rows, lat, predictor = _score(cfg, Path(weights), data_dir, stems, out_dir / "artifact")
+    size = cfg.data.image_size
+    evaluation = {
+        "images": len(rows), "split": "test", "metrics": summarize(rows, cfg.eval.bootstrap), "latency": lat,
+        "params": count_parameters(predictor.model), "macs": count_macs(predictor.model, size, size),
+        "image_size": size, "per_image": rows, "champion": None,
+    }
+    found = _champion_weights(cfg.registry.model_name, out_dir / "champion")
+    if found is not None:
+        champ, champ_weights = found
+        c_rows, c_lat, _ = _score(cfg, champ_weights, data_dir, stems, out_dir / "champion_artifact")
+        evaluation["champion"] = {"version": champ["version"], "run_id": champ["run_id"],
+                                  "metrics": summarize(c_rows, cfg.eval.bootstrap), "latency": c_lat,
+                                  "comparison": compare(rows, c_rows, cfg.eval.bootstrap)}
+    gallery_png = gallery(rows, predictor.probabilities, data_dir, out_dir / "gallery.png", cfg.eval.gallery_size,
+                          cfg.eval.threshold) if cfg.eval.gallery_size else None
+    (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
+    if run_id:
+        from .tracking import mlflow_runs
+        flat = {f"test_{k}": v["value"] for k, v in evaluation["metrics"].items()}
+        flat.update({f"test_{k}_ci95_low": v["ci95_low"] for k, v in evaluation["metrics"].items() if k in ("iou", "dice")})
+        flat.update({"latency_p50_ms": lat["p50_ms"], "latency_p95_ms": lat["p95_ms"],
+                     "params": evaluation["params"], "gmacs": evaluation["macs"] / 1e9})
+        mlflow_runs.log_metrics(run_id, flat)
+        mlflow_runs.log_json(run_id, evaluation, "evaluation/evaluation.json")
+        if gallery_png:
+            mlflow_runs.log_pictures(run_id, {"evaluation": gallery_png})
+    return evaluation
+
+
+# ---- gate and promote -----------------------------------------------------------------------
+
+def gate(cfg: RunConfig, evaluation: dict, run_id: str | None = None) -> dict:
+    from .gate import decide
+    decision = decide(evaluation, cfg.gate)
+    if run_id:
+        from .tracking import mlflow_runs
+        mlflow_runs.set_tags(run_id, {"gate_decision": decision["decision"], "gate_reasons": decision["reasons"]})
+    return decision
+
+
+def promote(cfg: RunConfig, decision: dict, evaluation: dict, run_id: str, model_uri: str,
+            data_revision: str) -> dict:
+    """Register the model version and move `champion` to it, against the champion the gate saw."""
+    from .tracking import mlflow_runs, registry
+
+    if decision["decision"] != "promote":
+        raise StepFailed("promote called for a rejected model")
+    name = cfg.registry.model_name
+    existing = registry.version_for_run(name, run_id)
+    if existing is not None:  # a re-run of a run already registered: never register or promote twice
+        return {"model": name, "version": existing, "event": "already_registered", "reason": "same training run"}
+    m = evaluation["metrics"]
+    tags = {"run_id": run_id, "data_revision": data_revision, "gate_decision": "promote",
+            "gate_reasons": json.dumps(decision["reasons"]), "test_iou": f"{m['iou']['value']:.4f}",
+            "test_dice": f"{m['dice']['value']:.4f}", "latency_p95_ms": f"{evaluation['latency']['p95_ms']:.2f}",
+            "variant": cfg.model.variant, "image_size": str(cfg.data.image_size)}
+    version = registry.register(model_uri, name, run_id, tags)
+    try:
+        entry = registry.promote(name, version, reason="gate passed: " + "; ".join(
+            c["message"] for c in decision["checks"]), expected_champion=decision["champion_version"])
+    except registry.StaleChampion as exc:
+        registry.tag_version(name, version, {"gate_decision": "stale", "stale_reason": str(exc)})
+        raise StepFailed(f"not promoted: {exc}; re-run the pipeline to decide against the new champion") from None
+    mlflow_runs.set_tags(run_id, {"registered_version": version})
+    return {"model": name, "version": version, **entry}
+
+
+# ---- package --------------------------------------------------------------------------------
+
+def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data_revision: str,
+            evaluation: dict, out_dir: str | Path) -> dict:
+    """Bento for a registered version; its tag is recorded on the version."""
+    from .serving.package import package_model
+    from .tracking import registry
+
+    metrics = {k: v["value"] for k, v in evaluation["metrics"].items()}
+    metrics["latency_p95_ms"] = evaluation["latency"]["p95_ms"]
+    result = package_model(weights, model_name=cfg.registry.model_name, model_version=str(version), run_id=run_id,
+                           data_revision=data_revision, metrics=metrics)
+    registry.tag_version(cfg.registry.model_name, str(version), {"bento_tag": result["bento_tag"],
+                                                                 "bento_archive": str(result.get("archive", ""))})
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "bento.json").write_text(json.dumps(result, indent=1, default=str))
+    return {k: str(v) for k, v in result.items()}

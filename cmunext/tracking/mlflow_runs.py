@@ -1,0 +1,125 @@
+"""One MLflow run per pipeline run: params, per-epoch metrics, the data revision as a dataset
+input, git commit, config, pictures, and the model as a pyfunc that loads from safetensors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.entities import Metric
+
+from ..config import RunConfig, config_to_dict, flatten
+from ..paths import state_dir
+
+EXPERIMENT = "cmunext"
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else a SQLite store in the state folder (no server to start)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir() / 'mlflow.db'}"
+
+
+def setup(experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at the tracking store and make sure the experiment exists; returns its id."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    # Local stores keep artifacts in the state folder; a server decides for itself.
+    location = (state_dir() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    try:
+        return mlflow.create_experiment(experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another step
+        return mlflow.get_experiment_by_name(experiment).experiment_id
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=cwd, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=cwd, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def start(cfg: RunConfig, data_revision: str, data_md5: str, run_name: str | None = None,
+          tags: dict | None = None) -> str:
+    """Create the run and log what defines it; returns the run id."""
+    setup()
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    with mlflow.start_run(run_name=run_name or cfg.name) as run:
+        mlflow.log_params({k: v for k, v in flatten(config_to_dict(cfg)).items()})
+        mlflow.set_tags({"git_commit": git_commit(Path(__file__).parents[2]), "data_revision": data_revision,
+                         "data_md5": data_md5, "config_name": cfg.name, **(tags or {})})
+        mlflow.log_dict(config_to_dict(cfg), "config.json")
+        where = cfg.data.source if cfg.data.source == "synth" else Path(cfg.data.source).resolve().as_uri()
+        source = LocalArtifactDatasetSource(uri=f"{where}@{data_revision}")
+        mlflow.log_input(MetaDataset(source=source, name=f"{Path(cfg.data.source).name}@{data_revision}",
+                                     digest=data_md5[:36]), context="training")
+        return run.info.run_id
+
+
+class EpochLogger:
+    """Training callback: per-epoch metrics into the run, stepped by epoch."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.client = mlflow.MlflowClient()
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        log_metrics(self.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch, client=self.client)
+
+
+def log_model(run_id: str, weights: str | Path, image_size: int, in_channels: int) -> str:
+    """Log the weights as a pyfunc model (models-from-code: nothing pickled); returns the model URI."""
+    import cmunext
+    from mlflow.models import infer_signature
+    from . import pyfunc_model
+
+    example = np.zeros((2, in_channels, image_size, image_size), np.float32)  # batch 2: no frozen batch dim
+    signature = infer_signature(example, np.zeros((2, 1, image_size, image_size), np.float32))
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=pyfunc_model.__file__, artifacts={"weights": str(weights)},
+            code_paths=[str(Path(cmunext.__file__).parent)], signature=signature, input_example=example,
+            pip_requirements=_requirements(),
+        )
+    return info.model_uri
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+    return [f"{p}=={version(p)}" for p in ("torch", "numpy", "safetensors", "scipy", "pillow", "opencv-python-headless",
+                                           "albumentations", "pydantic", "pyyaml", "tqdm")]
+
+
+def log_pictures(run_id: str, files: dict[str, str | Path]) -> None:
+    with mlflow.start_run(run_id=run_id):
+        for folder, path in files.items():
+            mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def log_json(run_id: str, data: dict, name: str) -> None:
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_dict(data, name)
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, client=None) -> None:
+    ts = int(time.time() * 1000)
+    (client or mlflow.MlflowClient()).log_batch(
+        run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+
+def set_tags(run_id: str, tags: dict[str, object]) -> None:
+    client = mlflow.MlflowClient()
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v if isinstance(v, str) else json.dumps(v))

@@ -1,0 +1,25 @@
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Markdown, Output
+
+from .image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def gate_model(config_json: str, run_id: str, champion_version: str, evaluation: Input[Artifact],
+               decision: Output[Artifact], report: Output[Markdown]) -> str:
+    """Promote only if IoU, latency and the comparison with the champion all pass; returns
+    "promote" or "reject" (the pipeline's condition), with the checks in `decision`."""
+    import json
+
+    from cmunext.config import RunConfig
+    from cmunext.gate import report_markdown
+    from cmunext.steps import gate
+
+    ev = json.load(open(evaluation.path))
+    result = gate(RunConfig.model_validate_json(config_json), ev, run_id)
+    with open(decision.path, "w") as f:
+        json.dump(result, f)
+    decision.metadata.update({"decision": result["decision"], "reasons": result["reasons"]})
+    with open(report.path, "w") as f:
+        f.write(report_markdown(result, ev))
+    return result["decision"]

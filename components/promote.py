@@ -1,0 +1,19 @@
+from kfp import dsl
+from kfp.dsl import Artifact, Input
+
+from .image import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE)
+def promote_model(config_json: str, run_id: str, model_uri: str, data_revision: str, champion_version: str,
+                  decision: Input[Artifact], evaluation: Input[Artifact]) -> str:
+    """Register the version and move the `champion` alias (compare-and-set against the gated champion).
+    `champion_version` (the champion when the run started) is here to key the cache."""
+    import json
+
+    from cmunext.config import RunConfig
+    from cmunext.steps import promote
+
+    result = promote(RunConfig.model_validate_json(config_json), json.load(open(decision.path)),
+                     json.load(open(evaluation.path)), run_id, model_uri, data_revision)
+    return result["version"]

@@ -1,0 +1,95 @@
+"""Run the pipeline on this machine with kfp.local (SubprocessRunner, caching on), or compile it.
+
+All state goes under the state folder: kfp outputs and cache, the MLflow store, bentos.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from cmunext.config import RunConfig, config_to_dict, load_config
+from cmunext.paths import state_dir
+
+log = logging.getLogger(__name__)
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pipeline_arguments(cfg: RunConfig, data_md5: str, champion_version: str | None) -> dict:
+    return {
+        "base_config": json.dumps(config_to_dict(cfg), sort_keys=True),
+        "data_revision": cfg.data.revision, "data_md5": data_md5, "project_root": str(PROJECT_ROOT),
+        "champion_version": champion_version or "none",
+        "variant": cfg.model.variant, "image_size": cfg.data.image_size, "epochs": cfg.train.epochs,
+        "batch_size": cfg.train.batch_size, "lr": cfg.train.lr, "seed": cfg.train.seed,
+        "min_iou": cfg.gate.min_iou, "max_latency_ms": cfg.gate.max_latency_ms,
+    }
+
+
+def measure_data(cfg: RunConfig) -> str:
+    """The digest that keys the cache: DVC's md5 at a revision, or the content digest of the folder."""
+    if cfg.data.revision not in ("", "workspace"):
+        from cmunext.data.versioning import revision_md5
+        return revision_md5(PROJECT_ROOT, cfg.data.revision)
+    from cmunext.data.fingerprint import folder_digest
+    from cmunext.prepare import resolve_source
+    return folder_digest(resolve_source(cfg))
+
+
+def run_pipeline(config: str | Path | None, overrides: list[str] | None = None, caching: bool = True) -> dict:
+    """Run the whole pipeline; returns a summary (decision, metrics, registry state, where things are)."""
+    from kfp import local
+
+    from cmunext.tracking import mlflow_runs, registry
+    from pipelines.training import training_pipeline
+
+    cfg = load_config(config, overrides)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_runs.tracking_uri())
+    os.environ["CMUNEXT_HOME"] = str(state_dir())
+    os.environ.setdefault("TQDM_DISABLE", "1")  # step logs are captured line by line
+    started = time.time()
+    data_md5 = measure_data(cfg)
+    before = registry.champion(cfg.registry.model_name)
+    root = state_dir() / "kfp"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "outputs"),
+               enable_caching=caching, cache_root=str(root / "cache"))
+    args = pipeline_arguments(cfg, data_md5, before["version"] if before else None)
+    training_pipeline(**args)
+    after = registry.champion(cfg.registry.model_name)
+    return _summary(cfg, data_md5, before, after, time.time() - started, root / "outputs")
+
+
+def _latest_run_dir(outputs: Path) -> Path | None:
+    runs = sorted(outputs.glob("cmunext-training-*"), key=lambda p: p.stat().st_mtime)
+    return runs[-1] if runs else None
+
+
+def _summary(cfg, data_md5, before, after, seconds, outputs: Path) -> dict:
+    from cmunext.tracking import mlflow_runs
+    run_dir = _latest_run_dir(outputs)
+    evaluation = decision = None
+    if run_dir:
+        ev = next(run_dir.glob("evaluate-model*/evaluation"), None)
+        evaluation = json.loads(ev.read_text()) if ev else None
+        gate_md = next(run_dir.glob("gate-model*/report"), None)
+        decision = gate_md.read_text() if gate_md else None
+    promoted = bool(after) and (not before or after["version"] != before["version"])
+    return {
+        "config": cfg.name, "data_revision": cfg.data.revision, "data_md5": data_md5,
+        "seconds": round(seconds, 1), "promoted": promoted,
+        "champion_before": before and before["version"], "champion_after": after and after["version"],
+        "metrics": evaluation and {k: v for k, v in evaluation["metrics"].items() if k in ("iou", "dice", "pooled_iou", "hd95")},
+        "latency": evaluation and evaluation["latency"], "gate_report": decision,
+        "mlflow_tracking_uri": mlflow_runs.tracking_uri(), "outputs": str(run_dir) if run_dir else None,
+        "mlflow_ui": f"mlflow ui --backend-store-uri {mlflow_runs.tracking_uri()} --port 5000",
+    }
+
+
+def compile_pipeline(out: str | Path) -> Path:
+    from kfp import compiler
+
+    from pipelines.training import training_pipeline
+    compiler.Compiler().compile(training_pipeline, package_path=str(out))
+    return Path(out)

@@ -1,0 +1,476 @@
+"""Serving: ONNX export parity, packaging into a bento, and real `bentoml serve` processes started from it.
+
+The served model is the ci-tiny model trained in a session fixture, with its head bias shifted so that
+its probabilities straddle 0.5 on the test images (two epochs leave it predicting "no lesion"
+everywhere, which would make mask comparisons vacuous). To test the bento a pipeline run builds
+instead, replace the `packaged` fixture (and `served_weights` with that run's weights).
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from conftest import ROOT, free_port, stop, wait_for_port
+
+pytestmark = pytest.mark.timeout(600)
+
+TOKEN = "s3cret-test-token"
+MAX_BYTES = 2_000_000
+MAX_PIXELS = 4_000_000
+
+
+# ---- images ---------------------------------------------------------------------------------------------
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def png_bomb(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A tiny PNG whose header declares WIDTH x HEIGHT grayscale pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1))) + chunk(b"IEND", b"")
+
+
+def jpeg_with_size(data: bytes, width: int, height: int) -> bytes:
+    """DATA (a baseline JPEG) with the size in its frame header replaced."""
+    sof = data.index(b"\xff\xc0")
+    return data[:sof + 5] + struct.pack(">HH", height, width) + data[sof + 9:]
+
+
+@pytest.fixture(scope="session")
+def images(synth_dataset) -> dict[str, bytes]:
+    """Uploads: grayscale PNG, RGB JPEG, odd-sized grayscale PNG, RGBA PNG."""
+    files = sorted((synth_dataset / "images").glob("*.png"))
+    gray = np.asarray(Image.open(files[0]))
+    other = np.asarray(Image.open(files[1]))
+    rgb = np.stack([other, (other * 0.9).astype(np.uint8), np.flipud(other)], axis=2)
+    odd = np.asarray(Image.open(files[2]))[:203, :301] if min(Image.open(files[2]).size) >= 203 else gray[:150, :201]
+    rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)])
+    return {"gray.png": png(gray), "rgb.jpg": jpeg(rgb), "odd.png": png(np.ascontiguousarray(odd)),
+            "rgba.png": png(rgba)}
+
+
+# ---- model, bento, servers ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def trained_weights(tmp_path_factory) -> Path:
+    """configs/ci-tiny.yaml trained for real (prepare + train), under a private CMUNEXT_HOME."""
+    from cmunext.config import load_config
+    from cmunext.engine.trainer import train
+    from cmunext.prepare import prepare
+
+    home = tmp_path_factory.mktemp("train-state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CMUNEXT_HOME", str(home))
+        cfg = load_config(ROOT / "configs" / "ci-tiny.yaml")
+        data_dir, _ = prepare(cfg, progress=False)
+        return train(cfg, data_dir, home / "run", progress=False).weights
+
+
+@pytest.fixture(scope="session")
+def served_weights(trained_weights, images, tmp_path_factory) -> Path:
+    """The trained weights with the head bias shifted so the median logit on the test image is 0."""
+    import torch
+    from cmunext.data.imageio import read_image
+    from cmunext.engine.weights import load_weights, save_weights
+    from cmunext.predict import Predictor
+
+    out = tmp_path_factory.mktemp("served") / "model.safetensors"
+    src = out.parent / "gray.png"
+    src.write_bytes(images["gray.png"])
+    model, meta = load_weights(trained_weights)
+    x = torch.from_numpy(Predictor(trained_weights).preprocess(read_image(src)))[None]
+    with torch.no_grad():
+        model.head.bias -= model(x)[0, 0].median()
+    return save_weights(model, out, meta["variant"], meta["image_size"])
+
+
+@pytest.fixture(scope="module")
+def packaged(served_weights, tmp_path_factory):
+    """package_model() into a private state folder; the environment stays set for the module."""
+    from cmunext.serving.package import package_model
+
+    home = tmp_path_factory.mktemp("serve-state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CMUNEXT_HOME", str(home))
+        mp.setenv("BENTOML_HOME", str(home / "bentoml"))
+        for name in ("CMUNEXT_BENTO_MODEL", "CMUNEXT_API_TOKEN"):
+            mp.delenv(name, raising=False)
+        result = package_model(served_weights, model_name="cmunext-test", model_version=3, run_id="run-abc",
+                               data_revision="rev-123", metrics={"iou": 0.5, "dice": np.float32(0.66)}, runs=5)
+        yield {**result, "home": home}
+
+
+class Server:
+    """A real `bentoml serve` process (own process group) on a free port, ready when constructed."""
+
+    def __init__(self, target: str, log: Path, env: dict | None = None, timeout: float = 120) -> None:
+        from cmunext.serving.serve import start_server
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc = start_server(target, port=self.port, env=env, log_file=log)
+        try:
+            wait_for_port(self.port, self.proc, timeout=timeout)
+            deadline = time.time() + timeout
+            while requests.get(self.url + "/readyz", timeout=10).status_code != 200:
+                assert time.time() < deadline, "server not ready"
+                time.sleep(0.3)
+        except BaseException:
+            self.close()
+            raise
+
+    def post(self, route: str, data: bytes, name: str = "image.png", ctype: str = "image/png", **kw):
+        return requests.post(self.url + route, files={"image": (name, data, ctype)}, timeout=60, **kw)
+
+    def close(self) -> None:
+        stop(self.proc, timeout=20)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # any worker the arbiter left behind
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def server(packaged, tmp_path_factory):
+    """The built bento, no auth, small upload limits."""
+    srv = Server(packaged["bento_tag"], tmp_path_factory.mktemp("logs") / "serve.log",
+                 env={"CMUNEXT_MAX_UPLOAD_BYTES": MAX_BYTES, "CMUNEXT_MAX_PIXELS": MAX_PIXELS})
+    yield srv
+    srv.close()
+    assert "status=500" not in srv.log.read_text(errors="replace"), "the server answered 500 to some request"
+
+
+@pytest.fixture(scope="module")
+def auth_server(packaged, tmp_path_factory):
+    """The same model served from its BentoML model tag (source bundle + CMUNEXT_BENTO_MODEL), with a token."""
+    srv = Server(packaged["model_tag"], tmp_path_factory.mktemp("logs") / "serve-auth.log",
+                 env={"CMUNEXT_API_TOKEN": TOKEN})
+    yield srv
+    srv.close()
+
+
+def predictor_mask(weights: Path, data: bytes, tmp_path: Path, name: str):
+    """(image, probabilities, mask) from the in-process eager Predictor, reading the same bytes from a file."""
+    from cmunext.data.imageio import read_image
+    from cmunext.predict import Predictor
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    predictor = Predictor(weights)
+    image = read_image(path)
+    prob = predictor.probabilities(image)
+    return image, prob, predictor.mask(image)
+
+
+def assert_same_mask(served: np.ndarray, prob: np.ndarray, local: np.ndarray) -> None:
+    """Equal, except where eager PyTorch itself is within 1e-5 of the threshold (float rounding may tip those)."""
+    assert served.shape == local.shape
+    differ = served != local
+    assert not differ.any() or np.abs(prob[differ] - 0.5).max() < 1e-5, f"{differ.sum()} pixels differ"
+    assert differ.mean() < 1e-3
+
+
+# ---- export and runtime (no server) ---------------------------------------------------------------------
+
+def test_export_parity_with_pytorch(served_weights, tmp_path):
+    import torch
+    from cmunext.engine.weights import load_weights
+    from cmunext.serving.export import export_serving_artifact
+    from cmunext.serving.runtime import OnnxModel, sha256_file
+
+    info = export_serving_artifact(served_weights, tmp_path, runs=3)
+    assert set(info["candidates"]) == {"torch", "onnx", "onnx_bnfold", "onnx_ort", "onnx_bnfold_ort"}
+    assert info["format"] != "torch" and info["candidates"][info["format"]]["ok"]
+    assert info["max_abs_diff"] <= 1e-4
+    assert info["sha256"] == sha256_file(tmp_path / info["file"])
+    folding = info["batchnorm_folding"]
+    assert folding["into_following_conv"] > 0 and folding["folded_by_exporter_into_preceding_conv"] > 0
+
+    runtime = OnnxModel(tmp_path)  # an independent check of the written artifact
+    model, meta = load_weights(served_weights)
+    for batch in (1, 8):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, meta["image_size"], meta["image_size"]), dtype=np.float32)
+        with torch.inference_mode():
+            expected = torch.sigmoid(model(torch.from_numpy(x)))[:, 0].numpy()
+        assert np.abs(runtime.probabilities(x) - expected).max() <= 1e-4
+
+
+def test_runtime_matches_the_predictor(served_weights, images, tmp_path):
+    """The torch-free serving steps equal cmunext.predict's: decoding, preprocessing, probabilities, overlay."""
+    from cmunext.predict import Predictor, overlay
+    from cmunext.serving import runtime
+    from cmunext.serving.export import export_serving_artifact
+
+    export_serving_artifact(served_weights, tmp_path / "artifact", runs=1)
+    onnx_model = runtime.OnnxModel(tmp_path / "artifact")
+    predictor = Predictor(served_weights)
+    for name, data in images.items():
+        image, prob, mask = predictor_mask(served_weights, data, tmp_path, name)
+        decoded = runtime.decode_image(data, 10**8)
+        assert np.array_equal(decoded, image), name
+        x = runtime.preprocess(decoded, onnx_model.size, onnx_model.channels)
+        assert np.array_equal(x, predictor.preprocess(image)), name
+        served_prob = runtime.resize_back(onnx_model.probabilities(x[None])[0], *image.shape[:2])
+        assert np.abs(served_prob - prob).max() <= 1e-4, name
+        assert np.array_equal(runtime.overlay(image, mask), overlay(image, mask)), name
+
+
+# ---- packaging --------------------------------------------------------------------------------------------
+
+def test_package_records_provenance(packaged):
+    import bentoml
+    from cmunext.serving.package import stores
+    from cmunext.serving.serve import find_bento, resolve
+
+    model_store, bento_store = stores()
+    model = model_store.get(packaged["model_tag"])
+    meta, labels = model.info.metadata, model.info.labels
+    assert labels["mlflow_model"] == "cmunext-test" and labels["mlflow_version"] == "3"
+    assert meta["run_id"] == "run-abc" and meta["data_revision"] == "rev-123"
+    assert meta["metrics"] == {"iou": 0.5, "dice": pytest.approx(0.66)}
+    assert meta["sha256"] == packaged["sha256"] and meta["format"] == packaged["format"]
+
+    bento = bento_store.get(packaged["bento_tag"])
+    assert bento.info.labels["mlflow_version"] == "3" and bento.info.labels["sha256"] == packaged["sha256"]
+    assert bento.info.args == {"model": packaged["model_tag"], "sha256": packaged["sha256"]}
+    requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text()
+    for package in ("onnxruntime==", "numpy==", "pillow==", "opencv-python-headless==", "bentoml=="):
+        assert package in requirements
+    assert "torch" not in requirements and "nvidia" not in requirements
+    sources = sorted(str(p.relative_to(Path(bento.path) / "src")) for p in (Path(bento.path) / "src").rglob("*") if p.is_file())
+    assert all(s == "bentofile.yaml" or (s.startswith("cmunext_bento/") and s.endswith(".py")) for s in sources), sources
+
+    archive = Path(packaged["archive"])
+    assert archive.is_absolute() and archive.is_file() and archive.parent == packaged["home"] / "bentos"
+    assert find_bento(3) == find_bento() == find_bento(3, "cmunext-test") == packaged["bento_tag"]
+    with pytest.raises(LookupError):
+        find_bento(99)
+    assert resolve(packaged["model_tag"]) == ("model", packaged["model_tag"])
+    assert resolve(None) == ("bento", packaged["bento_tag"])
+    assert bentoml.__version__.startswith("1.4")
+
+
+# ---- a real server ----------------------------------------------------------------------------------------
+
+def test_served_masks_equal_in_process_masks(server, served_weights, images, tmp_path):
+    lesion = 0
+    for name, data in images.items():
+        r = server.post("/segment", data, name=name, ctype="image/jpeg" if name.endswith(".jpg") else "image/png")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", (name, r.text[:300])
+        served = np.asarray(Image.open(io.BytesIO(r.content)))
+        assert set(np.unique(served)) <= {0, 255}
+        image, prob, local = predictor_mask(served_weights, data, tmp_path, name)
+        assert served.shape == image.shape[:2], name  # the input's own size, odd sizes included
+        assert_same_mask(served == 255, prob, local.astype(bool))
+        lesion += int((served == 255).sum() > 0 and (served == 0).sum() > 0)
+    assert lesion >= 1, "no test image gave a partial mask: the comparison would be vacuous"
+
+
+def test_segment_json(server, packaged, images):
+    data = images["gray.png"]
+    mask = np.asarray(Image.open(io.BytesIO(server.post("/segment", data).content))) == 255
+    r = server.post("/segment_json", data)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    h, w = mask.shape
+    assert (d["height"], d["width"]) == (h, w)
+    assert d["lesion_pixels"] == int(mask.sum()) and d["lesion_fraction"] == pytest.approx(mask.mean())
+    assert d["components"] and sum(c["pixels"] for c in d["components"]) == d["lesion_pixels"]
+    for c in d["components"]:
+        assert 0 <= c["x"] < c["x"] + c["width"] <= w and 0 <= c["y"] < c["y"] + c["height"] <= h
+        assert mask[c["y"]:c["y"] + c["height"], c["x"]:c["x"] + c["width"]].sum() >= c["pixels"]
+    assert 0.5 < d["mean_probability"] <= 1
+    assert d["model"] == {"tag": packaged["model_tag"], "mlflow_model": "cmunext-test", "mlflow_version": "3",
+                          "run_id": "run-abc", "data_revision": "rev-123", "format": packaged["format"],
+                          "sha256": packaged["sha256"]}
+    assert d["latency_ms"]["total"] >= d["latency_ms"]["inference"] > 0
+
+
+def test_overlay(server, images):
+    from cmunext.predict import overlay
+
+    data = images["rgb.jpg"]
+    mask = np.asarray(Image.open(io.BytesIO(server.post("/segment", data, "a.jpg", "image/jpeg").content))) == 255
+    r = server.post("/overlay", data, "a.jpg", "image/jpeg")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    picture = np.asarray(Image.open(io.BytesIO(r.content)))
+    image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert picture.shape == image.shape
+    assert np.array_equal(picture, overlay(image, mask.astype(np.uint8)))
+
+
+def _batch_histogram(url: str, headers=None) -> tuple[float, float]:
+    text = requests.get(url + "/metrics", headers=headers, timeout=30).text
+    count = float(re.search(r"^cmunext_inference_batch_size_count (\S+)$", text, re.M).group(1))
+    singles = float(re.search(r'^cmunext_inference_batch_size_bucket\{le="1.0"\} (\S+)$', text, re.M).group(1))
+    return count, singles
+
+
+def test_concurrent_load_is_batched_without_errors(server, images):
+    data = images["odd.png"]
+    expected = server.post("/segment_json", data).json()["lesion_pixels"]
+    count0, singles0 = _batch_histogram(server.url)
+    results, errors = [], []
+
+    def client():
+        with requests.Session() as session:
+            for _ in range(25):
+                try:
+                    r = session.post(server.url + "/segment_json", files={"image": ("odd.png", data, "image/png")}, timeout=60)
+                    (results if r.status_code == 200 else errors).append(r.json() if r.status_code == 200 else r.status_code)
+                except requests.RequestException as exc:
+                    errors.append(repr(exc))
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 200
+    assert {r["lesion_pixels"] for r in results} == {expected}, "batched inference changed a result"
+    count, singles = _batch_histogram(server.url)
+    batches, multi = count - count0, (count - count0) - (singles - singles0)
+    assert batches < 200 and multi > 0, f"{batches} inference calls for 200 requests, {multi} with batch > 1"
+
+
+BAD_REQUESTS = [
+    # (what, how to send it, expected status)
+    ("non-image bytes", dict(files={"image": ("a.png", b"hello, not an image", "image/png")}), 415),
+    ("a GIF", dict(files={"image": ("a.gif", b"GIF89a" + b"\0" * 64, "image/gif")}), 415),
+    ("empty body", dict(data=b"", headers={"Content-Type": "multipart/form-data; boundary=xyz"}), 400),
+    ("empty file", dict(files={"image": ("a.png", b"", "image/png")}), 400),
+    ("no image field", dict(files={"file": ("a.png", b"\x89PNG\r\n\x1a\n", "image/png")}), 400),
+    ("a URL instead of a file", dict(data={"image": "http://169.254.169.254/latest"}, files={"x": ("x", b"x")}), 400),
+    ("JSON body", dict(json={"image": "aGVsbG8="}), 415),
+    ("raw PNG body", dict(data=b"\x89PNG\r\n\x1a\n", headers={"Content-Type": "image/png"}), 415),
+    ("malformed multipart", dict(data=b"--nope\r\nbroken", headers={"Content-Type": "multipart/form-data"}), 400),
+]
+
+
+def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(server, images):
+    gray = np.asarray(Image.open(io.BytesIO(images["gray.png"])))
+    cases = list(BAD_REQUESTS) + [
+        ("truncated PNG", dict(files={"image": ("t.png", images["gray.png"][: len(images["gray.png"]) // 2], "image/png")}), 400),
+        ("truncated JPEG", dict(files={"image": ("t.jpg", images["rgb.jpg"][: len(images["rgb.jpg"]) // 2], "image/jpeg")}), 400),
+        ("too many bytes", dict(files={"image": ("big.png", b"\x89PNG\r\n\x1a\n" + os.urandom(MAX_BYTES + 10), "image/png")}), 413),
+        ("too many pixels", dict(files={"image": ("wide.png", png(np.zeros((1000, MAX_PIXELS // 1000 + 1), np.uint8)), "image/png")}), 413),
+        ("decompression bomb", dict(files={"image": ("bomb.png", png_bomb(), "image/png")}), 413),
+        ("JPEG declaring 60000x60000", dict(files={"image": ("b.jpg", jpeg_with_size(jpeg(gray), 60000, 60000), "image/jpeg")}), 413),
+    ]
+    for what, kwargs, status in cases:
+        r = requests.post(server.url + "/segment_json", timeout=60, **kwargs)
+        assert r.status_code == status, (what, r.status_code, r.text[:300])
+        assert r.headers["content-type"].startswith("application/json"), what
+        assert isinstance(r.json()["error"], str) and r.json()["error"], what
+    assert requests.get(server.url + "/segment", timeout=10).status_code == 405
+    assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+    assert server.post("/segment", images["gray.png"]).status_code == 200
+
+
+def test_auth(auth_server, server, images):
+    data = images["gray.png"]
+    assert auth_server.post("/segment", data).status_code == 401
+    r = auth_server.post("/segment_json", data, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and "token" in r.json()["error"]
+    assert auth_server.post("/segment", data, headers={"Authorization": "Basic " + TOKEN}).status_code == 401
+    ok = auth_server.post("/segment", data, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200
+    assert ok.content == server.post("/segment", data).content  # same model from the source bundle and the bento
+    for path in ("/healthz", "/livez", "/readyz", "/"):
+        assert requests.get(auth_server.url + path, timeout=10).status_code == 200, path
+    assert requests.get(auth_server.url + "/metrics", timeout=10).status_code == 401
+    assert requests.get(auth_server.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).status_code == 200
+    assert server.post("/segment", data).status_code == 200  # no token configured: open
+
+
+@pytest.mark.parametrize("tamper", ["artifact", "artifact+export.json"])
+def test_refuses_to_start_with_a_changed_artifact(packaged, tmp_path, monkeypatch, tamper):
+    import json
+    from cmunext.serving.runtime import sha256_file
+    from cmunext.serving.serve import start_server
+
+    home = tmp_path / "bentoml"
+    shutil.copytree(packaged["home"] / "bentoml", home, symlinks=True)
+    folder = home / "models" / Path(packaged["model_tag"].replace(":", "/"))
+    artifact = folder / "model.onnx"
+    data = bytearray(artifact.read_bytes())
+    data[-100] ^= 0x01
+    artifact.write_bytes(bytes(data))
+    if tamper == "artifact+export.json":  # the metadata in model.yaml and the bento's arguments still catch it
+        info = json.loads((folder / "export.json").read_text())
+        (folder / "export.json").write_text(json.dumps({**info, "sha256": sha256_file(artifact)}))
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    log = tmp_path / "serve.log"
+    proc = start_server(packaged["bento_tag"], port=free_port(), log_file=log)
+    try:
+        code = proc.wait(90)
+    finally:
+        stop(proc)
+    text = log.read_text(errors="replace")
+    assert code != 0 and "refusing to serve" in text and "sha256" in text
+    if tamper == "artifact+export.json":
+        assert "metadata of model" in text
+
+
+def test_web_page(server, tmp_path):
+    page = requests.get(server.url + "/", timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "CMUNeXt" in page.text
+    demo = requests.get(server.url + "/ui/demo.png", timeout=10)
+    assert demo.status_code == 200 and Image.open(io.BytesIO(demo.content)).size == (352, 288)
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no headless browser: install Debian's `chromium` (apt-get install -y chromium) to test the page")
+    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000", "--window-size=1100,800"]
+    url = server.url + "/?demo=1"
+    dom = subprocess.run(args + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-state="done"' in dom, dom[-2000:]
+    area = re.search(r'id="area">([\d,]+) px<', dom)
+    assert area, dom[-2000:]
+    shot = tmp_path / "page.png"
+    subprocess.run(args + [f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    picture = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert picture.shape[:2] == (800, 1100) and picture.std() > 10
+    if int(area.group(1).replace(",", "")) > 0:  # the lesion outline colour is on the page
+        assert (np.abs(picture - np.array([255, 64, 32])).sum(axis=2) < 30).sum() > 20
+
+
+def test_package_exports_to_s3(served_weights, packaged, s3_server, monkeypatch):
+    from cmunext.serving.package import package_model
+
+    bucket = s3_server.make_bucket("bentos")
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    result = package_model(served_weights, model_name="cmunext-test", model_version=4, run_id="run-s3",
+                           data_revision="rev-124", metrics={}, export_to=f"s3://{bucket}/serving/", runs=1)
+    assert result["archive"] == f"s3://{bucket}/serving/{result['bento_tag'].replace(':', '-')}.bento"
+    head = s3_server.client().head_object(Bucket=bucket, Key=f"serving/{result['bento_tag'].replace(':', '-')}.bento")
+    assert head["ContentLength"] > 10_000
