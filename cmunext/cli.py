@@ -164,11 +164,15 @@ def format_run_summary(s: dict) -> str:
                      f"Dice {m['dice']['value']:.4f}  HD95 {m['hd95']['value']:.1f} px")
         lines.append(f"  latency       : p50 {s['latency']['p50_ms']:.1f} ms, p95 {s['latency']['p95_ms']:.1f} ms "
                      f"({s['latency'].get('artifact', '')})")
-    verdict = "PROMOTED" if s["promoted"] else "not promoted"
+    gate = s["gate"] or {}
+    if s["promoted"]:
+        verdict = "PROMOTED"
+    elif gate.get("decision") == "promote":
+        verdict = "passed, champion unchanged (this training run is already registered)"
+    else:
+        verdict = "REJECTED"
     lines.append(f"  gate          : {verdict}; champion {s['champion_before'] or 'none'} -> {s['champion_after'] or 'none'}")
-    if s["gate_report"]:
-        reasons = [ln[2:] for ln in s["gate_report"].splitlines() if ln.startswith("- ")]
-        lines += [f"                  {r}" for r in reasons]
+    lines += [f"                  {r}" for r in gate.get("reasons", [])]
     lines += [f"  artifacts     : {s['outputs']}", f"  MLflow        : {s['mlflow_tracking_uri']}",
               f"  MLflow UI     : {s['mlflow_ui']}", "=" * 72]
     return "\n".join(lines)

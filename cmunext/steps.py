@@ -186,7 +186,7 @@ def promote(cfg: RunConfig, decision: dict, evaluation: dict, run_id: str, model
             "gate_reasons": json.dumps(decision["reasons"]), "test_iou": f"{m['iou']['value']:.4f}",
             "test_dice": f"{m['dice']['value']:.4f}", "latency_p95_ms": f"{evaluation['latency']['p95_ms']:.2f}",
             "variant": cfg.model.variant, "image_size": str(cfg.data.image_size)}
-    version = registry.register(model_uri, name, run_id, tags)
+    version = registry.register(model_uri, name, tags)
     try:
         entry = registry.promote(name, version, reason="gate passed: " + "; ".join(
             c["message"] for c in decision["checks"]), expected_champion=decision["champion_version"])

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
 from cmunext.config import RunConfig, config_to_dict, load_config
 from cmunext.paths import state_dir
+from cmunext.steps import StepFailed
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +58,23 @@ def run_pipeline(config: str | Path | None, overrides: list[str] | None = None, 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "outputs"),
                enable_caching=caching, cache_root=str(root / "cache"))
     args = pipeline_arguments(cfg, data_md5, before["version"] if before else None)
-    training_pipeline(**args)
+    try:
+        training_pipeline(**args)
+    except RuntimeError as exc:  # kfp.local: a task failed; its own message is in the log above
+        after = registry.champion(cfg.registry.model_name)
+        raise StepFailed(f"{_plain(str(exc))} (its log above says why). Champion "
+                         f"{'unchanged' if _same(before, after) else 'changed'}: "
+                         f"{(after or {}).get('version', 'none')}") from None
     after = registry.champion(cfg.registry.model_name)
     return _summary(cfg, data_md5, before, after, time.time() - started, root / "outputs")
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def _same(a: dict | None, b: dict | None) -> bool:
+    return (a or {}).get("version") == (b or {}).get("version")
 
 
 def _latest_run_dir(outputs: Path) -> Path | None:
@@ -73,15 +89,15 @@ def _summary(cfg, data_md5, before, after, seconds, outputs: Path) -> dict:
     if run_dir:
         ev = next(run_dir.glob("evaluate-model*/evaluation"), None)
         evaluation = json.loads(ev.read_text()) if ev else None
-        gate_md = next(run_dir.glob("gate-model*/report"), None)
-        decision = gate_md.read_text() if gate_md else None
+        gate_json = next(run_dir.glob("gate-model*/decision"), None)
+        decision = json.loads(gate_json.read_text()) if gate_json else None
     promoted = bool(after) and (not before or after["version"] != before["version"])
     return {
         "config": cfg.name, "data_revision": cfg.data.revision, "data_md5": data_md5,
         "seconds": round(seconds, 1), "promoted": promoted,
         "champion_before": before and before["version"], "champion_after": after and after["version"],
         "metrics": evaluation and {k: v for k, v in evaluation["metrics"].items() if k in ("iou", "dice", "pooled_iou", "hd95")},
-        "latency": evaluation and evaluation["latency"], "gate_report": decision,
+        "latency": evaluation and evaluation["latency"], "gate": decision,
         "mlflow_tracking_uri": mlflow_runs.tracking_uri(), "outputs": str(run_dir) if run_dir else None,
         "mlflow_ui": f"mlflow ui --backend-store-uri {mlflow_runs.tracking_uri()} --port 5000",
     }

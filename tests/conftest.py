@@ -110,3 +110,43 @@ def state_home(tmp_path, monkeypatch) -> Path:
 
 
 busi = pytest.mark.skipif(not (BUSI / "images").is_dir(), reason=f"BUSI dataset not found at {BUSI}")
+
+
+class MlflowServer:
+    """A real `mlflow server` process: SQLite backend, artifacts proxied to an S3 bucket."""
+
+    def __init__(self, workdir: Path, s3: S3Server, bucket: str = "mlflow-artifacts") -> None:
+        s3.make_bucket(bucket)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir, self.s3, self.bucket = workdir, s3, bucket
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        env = {**os.environ, **self.s3.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self._log = open(self.workdir / "mlflow-server.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
+             "--artifacts-destination", f"s3://{self.bucket}/artifacts", "--serve-artifacts", "--workers", "1"],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        wait_for_port(self.port, self.proc, timeout=120)
+
+    def stop(self) -> None:
+        import signal
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the server's workers are its children
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, s3_server):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"), s3_server)
+    yield server
+    server.stop()

@@ -144,14 +144,16 @@ def package_model(weights: str | Path, *, model_name: str, model_version: str | 
         }, home)
     log.info("package: bento %s", bento_tag)
 
-    if export_to is None:
-        target = str((state_dir() / "bentos").resolve()) + "/"
-        Path(target).mkdir(parents=True, exist_ok=True)
-    elif "://" in export_to:
-        target = export_to
-    else:
-        target = str(Path(export_to).expanduser().resolve()) + ("/" if export_to.endswith("/") or Path(export_to).is_dir() else "")
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
+    if export_to is not None and "://" in export_to:
+        target = export_to  # e.g. s3://bucket/prefix/ (credentials and endpoint from the environment)
+    else:  # bentoml export with a relative path writes under / : always pass an absolute one
+        folder = Path(export_to or state_dir() / "bentos").expanduser().resolve()
+        if export_to is None or export_to.endswith(("/", os.sep)) or folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            target = str(folder) + "/"
+        else:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            target = str(folder)
     written = bentoml.export_bento(bento_tag, target, _bento_store=bento_store)
     archive = f"{target.split('://', 1)[0]}://{written}" if "://" in target else str(Path(written).resolve())
     log.info("package: exported %s to %s", bento_tag, archive)

@@ -16,21 +16,24 @@ artifact's sha256 differs from the one recorded when it was packaged.
 
 Settings (environment): CMUNEXT_API_TOKEN (bearer token; unset = no auth; health endpoints and the
 page stay open), CMUNEXT_MAX_UPLOAD_BYTES (default 20 MiB), CMUNEXT_MAX_PIXELS (default 25 M),
-CMUNEXT_MAX_BATCH (default 8), CMUNEXT_ORT_THREADS (default: as exported).
+CMUNEXT_MAX_BATCH (default 8), CMUNEXT_ORT_THREADS (default: as exported), CMUNEXT_CPU_THREADS
+(decoding and drawing threads of the front, default 4).
 
 No torch here: the serving image has none.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from pathlib import Path
 
+import anyio
 import anyio.to_thread
 import bentoml
-from bentoml.exceptions import NotFound
 import numpy as np
+from bentoml.exceptions import NotFound
 from PIL import Image as PILImage
 from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -48,6 +51,7 @@ MODEL_ENV = "CMUNEXT_BENTO_MODEL"
 MAX_BATCH = int(os.environ.get("CMUNEXT_MAX_BATCH", "8"))
 MAX_UPLOAD_BYTES = int(os.environ.get("CMUNEXT_MAX_UPLOAD_BYTES", str(20 * 1024 * 1024)))
 MAX_PIXELS = int(os.environ.get("CMUNEXT_MAX_PIXELS", "25000000"))
+CPU_THREADS = int(os.environ.get("CMUNEXT_CPU_THREADS", "4"))
 API_PATHS = ("/segment", "/segment_json", "/overlay")
 
 _ARGS = bentoml.use_arguments()  # a bento records {model, sha256} at build time
@@ -104,10 +108,15 @@ class SegmentationModel:
         return self.runtime.probabilities(batch)
 
 
+@functools.lru_cache(maxsize=1)
+def _demo_png() -> bytes:
+    return png_bytes(demo_image())
+
+
 ui = Starlette(routes=[
     Route("/", lambda request: HTMLResponse(PAGE)),
     Route("/ui", lambda request: HTMLResponse(PAGE)),
-    Route("/ui/demo.png", lambda request: Response(png_bytes(demo_image()), media_type="image/png")),
+    Route("/ui/demo.png", lambda request: Response(_demo_png(), media_type="image/png")),
 ])
 
 
@@ -122,10 +131,17 @@ class Segmenter:
         meta = stored.info.metadata
         self.size, self.channels = int(meta["image_size"]), int(meta["in_channels"])
         self.card = model_card(stored)
+        self._limiter: anyio.CapacityLimiter | None = None
 
     def _prepare(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         image = decode_image(Path(path).read_bytes(), MAX_PIXELS)
         return image, preprocess(image, self.size, self.channels)
+
+    async def _work(self, fn, *args):
+        """CPU work off the event loop, at most CMUNEXT_CPU_THREADS at a time (bounds memory for large images)."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(CPU_THREADS)
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
 
     async def _infer(self, batch: np.ndarray) -> np.ndarray:
         # BentoML 1.4.40 replaces its client session to the model service every 100 requests and closes the
@@ -140,49 +156,47 @@ class Segmenter:
                     raise
                 log.info("model service connection dropped (%s: %s); retrying", type(exc).__name__, exc)
 
-    async def _predict(self, path: Path):
-        """(image, probability, mask, timings) or a 4xx JSONResponse saying what is wrong with the upload."""
+    async def _run(self, path: Path, render):
+        """Decode, preprocess, infer (batched), resize back, threshold, then RENDER(image, prob, mask) in a
+        worker thread. Returns (rendered, timings in ms) or a 4xx JSONResponse saying what is wrong."""
         t0 = time.perf_counter()
         try:
-            image, x = await anyio.to_thread.run_sync(self._prepare, path)
+            image, x = await self._work(self._prepare, path)
         except DataError as exc:
             return _error(exc)
         t1 = time.perf_counter()
         small = (await self._infer(x[None]))[0]
         t2 = time.perf_counter()
-        prob = resize_back(small, image.shape[0], image.shape[1])
-        mask = (prob > THRESHOLD).astype(np.uint8)
-        return image, prob, mask, {"decode": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000, "start": t0}
+
+        def finish():
+            prob = resize_back(small, image.shape[0], image.shape[1])
+            return render(image, prob, (prob > THRESHOLD).astype(np.uint8))
+
+        result = await self._work(finish)
+        timing = {"total": (time.perf_counter() - t0) * 1000, "decode": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}
+        return result, timing
 
     @bentoml.api(route="/segment")
     async def segment(self, image: Path) -> PILImage.Image:
         """The lesion mask (PNG, 0 = background, 255 = lesion) at the uploaded image's size."""
-        out = await self._predict(image)
-        if isinstance(out, Response):
-            return out
-        return Response(png_bytes(out[2] * 255), media_type="image/png")
+        out = await self._run(image, lambda img, prob, mask: png_bytes(mask * 255))
+        return out if isinstance(out, Response) else Response(out[0], media_type="image/png")
 
     @bentoml.api(route="/segment_json")
     async def segment_json(self, image: Path) -> dict:
         """Lesion area (pixels, fraction), bounding boxes of connected regions, mean probability inside the
         mask, the model and the server-side latency."""
-        out = await self._predict(image)
+        out = await self._run(image, lambda img, prob, mask: mask_summary(prob, mask))
         if isinstance(out, Response):
             return out
-        _, prob, mask, timing = out
-        summary = await anyio.to_thread.run_sync(mask_summary, prob, mask)
-        total = (time.perf_counter() - timing["start"]) * 1000
-        return {**summary, "threshold": THRESHOLD, "model": self.card,
-                "latency_ms": {"total": total, "decode": timing["decode"], "inference": timing["inference"]}}
+        summary, timing = out
+        return {**summary, "threshold": THRESHOLD, "model": self.card, "latency_ms": timing}
 
     @bentoml.api(route="/overlay")
     async def overlay(self, image: Path) -> PILImage.Image:
         """The image (RGB PNG) with the lesion tinted and outlined."""
-        out = await self._predict(image)
-        if isinstance(out, Response):
-            return out
-        picture = await anyio.to_thread.run_sync(lambda: png_bytes(overlay(out[0], out[2])))
-        return Response(picture, media_type="image/png")
+        out = await self._run(image, lambda img, prob, mask: png_bytes(overlay(img, mask)))
+        return out if isinstance(out, Response) else Response(out[0], media_type="image/png")
 
 
 check_at_start(MODEL_TAG)

@@ -72,7 +72,7 @@ async function run(blob, name) {
       (c) => c.width + "x" + c.height + " at (" + c.x + ", " + c.y + ")").join("; ") : "none";
     $("meanprob").textContent = d.mean_probability === null ? "n/a (no lesion found)" : d.mean_probability.toFixed(3);
     $("model").textContent = (d.model.mlflow_model || "") + " v" + (d.model.mlflow_version || "?") + " (" + d.model.tag + ", " + d.model.format + ")";
-    $("latency").textContent = d.latency_ms.total.toFixed(1) + " ms (inference " + d.latency_ms.inference.toFixed(1) + " ms, batch " + d.batch_size + ")";
+    $("latency").textContent = d.latency_ms.total.toFixed(1) + " ms (inference " + d.latency_ms.inference.toFixed(1) + " ms)";
     $("result").style.display = "flex"; $("status").textContent = "done: " + name;
     document.body.dataset.state = "done";
   } catch (e) {

@@ -52,11 +52,11 @@ def git_commit(cwd: str | Path | None = None) -> str:
 def start(cfg: RunConfig, data_revision: str, data_md5: str, run_name: str | None = None,
           tags: dict | None = None) -> str:
     """Create the run and log what defines it; returns the run id."""
-    setup()
+    experiment_id = setup()
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
 
-    with mlflow.start_run(run_name=run_name or cfg.name) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or cfg.name) as run:
         mlflow.log_params({k: v for k, v in flatten(config_to_dict(cfg)).items()})
         mlflow.set_tags({"git_commit": git_commit(Path(__file__).parents[2]), "data_revision": data_revision,
                          "data_md5": data_md5, "config_name": cfg.name, **(tags or {})})

@@ -72,13 +72,14 @@ def show(model_name: str) -> dict:
     return {"model": model_name, "champion": champion(model_name), "history": history(model_name)}
 
 
-def register(model_uri: str, model_name: str, run_id: str, tags: dict[str, str]) -> str:
+def register(model_uri: str, model_name: str, tags: dict[str, str]) -> str:
     client = _client()
     try:
         client.get_registered_model(model_name)
     except MlflowException:
         client.create_registered_model(model_name, description="CMUNeXt lesion segmentation; alias 'champion' is served")
-    mv = client.create_model_version(model_name, model_uri, run_id=run_id, tags=tags)
+    # register_model resolves `models:/m-<id>` sources to their logged model (a server insists on it)
+    mv = mlflow.register_model(model_uri, model_name, tags=tags)
     return str(mv.version)
 
 
@@ -110,7 +111,10 @@ def promote(model_name: str, version: str, reason: str, expected_champion: str |
     champion changed since the caller looked; the default accepts whatever is there."""
     client = _client()
     with _locked(model_name):
-        client.get_model_version(model_name, version)  # raises if it does not exist
+        try:
+            client.get_model_version(model_name, version)
+        except MlflowException:
+            raise RegistryError(f"{model_name} has no version {version!r}") from None
         current = _version_by_alias(client, model_name, CHAMPION)
         expected = (str(current.version) if current else None) if expected_champion == "__any__" else expected_champion
         client.set_model_version_tag(model_name, version, "promotion_reason", reason)
@@ -126,9 +130,10 @@ def rollback(model_name: str, reason: str = "rollback") -> dict:
         if current is None or prev is None:
             raise RegistryError(f"{model_name}: nothing to roll back to (champion {current and current.version}, "
                                 f"previous {prev and prev.version})")
+        # `previous` becomes whatever `prev` replaced when it was last promoted
+        earlier = [h["replaced"] for h in history(model_name)
+                   if h["event"] == "promoted" and h["version"] == str(prev.version) and h["replaced"]]
         entry = _move(client, model_name, str(prev.version), "rolled_back", reason, str(current.version))
-        # the champion before `prev` became `previous` in the history; restore that pointer
-        earlier = [h["replaced"] for h in history(model_name) if h["version"] == str(prev.version) and h["replaced"]]
         if earlier and earlier[-1] != str(current.version):
             client.set_registered_model_alias(model_name, PREVIOUS, earlier[-1])
         else:

@@ -1,0 +1,188 @@
+"""Serving benchmark: requests/s and latency over HTTP against a real `bentoml serve` of a freshly packaged
+bento, beside the in-process throughput of the same artifact, and the export's candidates against eager
+PyTorch at batch 1 and 8. Random-init weights are enough for speed. Never part of the tests' pass/fail.
+
+    python -m cmunext.serving.bench --variant cmunext_s --size 256
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+@contextmanager
+def _private_state(root: Path):
+    saved = {k: os.environ.get(k) for k in ("CMUNEXT_HOME", "BENTOML_HOME", "CMUNEXT_BENTO_MODEL", "CMUNEXT_API_TOKEN")}
+    os.environ.update(CMUNEXT_HOME=str(root), BENTOML_HOME=str(root / "bentoml"))
+    os.environ.pop("CMUNEXT_BENTO_MODEL", None)
+    os.environ.pop("CMUNEXT_API_TOKEN", None)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def random_weights(variant: str, image_size: int, out: Path, seed: int = 0) -> Path:
+    import torch
+    from ..engine.weights import save_weights
+    from ..models import create_model
+    torch.manual_seed(seed)
+    return save_weights(create_model(variant).eval(), out, variant, image_size)
+
+
+def _summary(latencies: list[float], elapsed: float, errors: int) -> dict:
+    q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else latencies * 19
+    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 2),
+            "rps": round(len(latencies) / elapsed, 2), "p50_ms": round(statistics.median(latencies) * 1000, 1),
+            "p95_ms": round(q[18] * 1000, 1)}
+
+
+def http_load(url: str, data: bytes, clients: int, per_client: int, route: str = "/segment") -> dict:
+    """CLIENTS threads, each sending PER_CLIENT uploads one after the other."""
+    import requests
+    latencies, errors, lock = [], [0], threading.Lock()
+
+    def client():
+        with requests.Session() as session:
+            for _ in range(per_client):
+                t0 = time.perf_counter()
+                r = session.post(url + route, files={"image": ("bench.png", data, "image/png")}, timeout=300)
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+                    errors[0] += r.status_code != 200
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return _summary(latencies, time.perf_counter() - t0, errors[0])
+
+
+def in_process(artifact: Path, data: bytes, runs: int) -> dict:
+    """The service's steps in this process, without HTTP: per image (batch 1), and 8 images with one batch-8 call."""
+    from . import runtime
+    model = runtime.OnnxModel(artifact)
+
+    def pipeline(count: int) -> None:
+        decoded = [runtime.decode_image(data, 10**8) for _ in range(count)]
+        probs = model.probabilities(np.stack([runtime.preprocess(im, model.size, model.channels) for im in decoded]))
+        for im, p in zip(decoded, probs):
+            runtime.png_bytes((runtime.resize_back(p, *im.shape[:2]) > runtime.THRESHOLD).astype(np.uint8) * 255)
+
+    result = {}
+    for label, count in (("pipeline_b1", 1), ("pipeline_b8", 8)):
+        pipeline(count)
+        times = []
+        for _ in range(max(3, runs // count)):
+            t0 = time.perf_counter()
+            pipeline(count)
+            times.append(time.perf_counter() - t0)
+        result[label] = {"images_per_s": round(count / statistics.median(times), 2),
+                         "ms_per_call": round(statistics.median(times) * 1000, 1)}
+    return result
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc, timeout: float = 180) -> None:
+    import requests
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with code {proc.returncode}")
+        try:
+            if requests.get(url + "/readyz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+def bench_serving(variant: str = "cmunext_s", image_size: int = 256, *, weights: str | Path | None = None,
+                  clients: tuple[int, ...] = (1, 8), per_client: int = 20, export_runs: int = 10) -> dict:
+    """Package (random-init VARIANT at IMAGE_SIZE, or WEIGHTS) into a private state folder, measure the export
+    candidates at batch 1 and 8, the in-process pipeline, and HTTP load at each concurrency in CLIENTS."""
+    from . import runtime
+    from .export import export_serving_artifact
+    from .package import package_model
+    from .serve import start_server
+
+    label = str(weights) if weights else variant
+    with tempfile.TemporaryDirectory(prefix="cmunext-bench-") as tmp, _private_state(Path(tmp) / "state"):
+        tmp = Path(tmp)
+        weights = Path(weights) if weights else random_weights(variant, image_size, tmp / "model.safetensors")
+        export = export_serving_artifact(weights, tmp / "export", runs=export_runs, report_batches=(8,))
+        candidates = {name: {"ms_b1": round(c["ms_by_batch"]["1"], 1), "ms_b8": round(c["ms_by_batch"]["8"], 1),
+                             "speedup_b1": c["speedup_vs_torch"]["1"], "speedup_b8": c["speedup_vs_torch"]["8"],
+                             "max_abs_diff": c["max_abs_diff"]} for name, c in export["candidates"].items()}
+        packaged = package_model(weights, model_name=f"bench-{variant}", model_version="0", run_id="bench",
+                                 data_revision="none", metrics={}, runs=export_runs)
+        image = runtime.demo_image(image_size, image_size)
+        data = runtime.png_bytes(image)
+        local = in_process(tmp / "export", data, runs=4 * per_client)
+
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = start_server(packaged["bento_tag"], port=port, log_file=tmp / "serve.log")
+        try:
+            _wait_ready(url, proc)
+            http_load(url, data, max(clients), 3)  # warm-up, and the batching dispatcher's calibration
+            http = {f"c{c}": http_load(url, data, c, per_client) for c in clients}
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except Exception:
+                proc.kill()
+                proc.wait()
+            try:
+                os.killpg(proc.pid, 9)  # workers the arbiter left behind, if any
+            except ProcessLookupError:
+                pass
+    ratios = {}
+    for c, result in http.items():
+        base = local["pipeline_b1" if c == "c1" else "pipeline_b8"]["images_per_s"]
+        ratios[f"http_{c}_vs_in_process"] = round(result["rps"] / base, 3)
+    return {"model": label, "image_size": image_size,
+            "export_choice": export["format"], "served_format": packaged["format"], "candidates": candidates,
+            "in_process": local, "http": http, "ratios": ratios, "cpu_count": os.cpu_count(),
+            "load_average": os.getloadavg()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="cmunext_s")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--weights", help="a weights file instead of random-init VARIANT")
+    parser.add_argument("--per-client", type=int, default=20)
+    parser.add_argument("--export-runs", type=int, default=10)
+    args = parser.parse_args(argv)
+    result = bench_serving(args.variant, args.size, weights=args.weights, per_client=args.per_client,
+                           export_runs=args.export_runs)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

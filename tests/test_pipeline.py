@@ -1,0 +1,137 @@
+"""The Kubeflow pipeline, run for real with kfp.local against a real MLflow server whose
+artifacts live on a real S3-protocol server."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT, VENV_BIN
+
+CI_TINY = str(ROOT / "configs" / "ci-tiny.yaml")
+MODEL = "cmunext-ci"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, mlflow_server, s3_server):
+    home = tmp_path_factory.mktemp("pipeline-state")
+    return {**os.environ, **s3_server.env(), "CMUNEXT_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_server.url,
+            "TQDM_DISABLE": "1"}
+
+
+def cmunext(env, *args, timeout=900):
+    return subprocess.run([str(VENV_BIN / "cmunext"), *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=timeout)
+
+
+def run(env, tmp_path, *overrides):
+    summary = tmp_path / "summary.json"
+    sets = [a for o in overrides for a in ("--set", o)]
+    proc = cmunext(env, "pipeline", "run", "--config", CI_TINY, "--json", str(summary), *sets)
+    return proc, (json.loads(summary.read_text()) if summary.exists() else None)
+
+
+def registry(env) -> dict:
+    proc = cmunext(env, "registry", "show", "--model-name", MODEL, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def first_run(env, tmp_path_factory):
+    proc, summary = run(env, tmp_path_factory.mktemp("run1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc, summary
+
+
+def test_first_run_promotes_and_tracks_everything(first_run, env):
+    proc, summary = first_run
+    assert summary["promoted"] and summary["champion_before"] is None and summary["champion_after"] == "1"
+    assert "PROMOTED" in proc.stdout and "MLflow UI" in proc.stdout
+    reg = registry(env)
+    champ = reg["champion"]
+    assert champ["version"] == "1" and champ["tags"]["gate_decision"] == "promote"
+    assert champ["tags"]["data_revision"] == "workspace" and "bento_tag" in champ["tags"]
+    assert [h["event"] for h in reg["history"]] == ["promoted"]
+
+    import mlflow
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")})
+    run_info = mlflow.get_run(champ["run_id"])
+    assert run_info.data.params["model.variant"] == "cmunext_s"
+    assert run_info.data.tags["data_md5"] == summary["data_md5"] and run_info.data.tags["git_commit"]
+    assert {"test_iou", "test_dice", "latency_p95_ms", "best_val_iou"} <= run_info.data.metrics.keys()
+    history = mlflow.MlflowClient().get_metric_history(champ["run_id"], "val_iou")
+    assert [m.step for m in history] == [1, 2]  # per-epoch metrics
+    assert run_info.inputs.dataset_inputs[0].dataset.digest == summary["data_md5"][:36]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(champ["run_id"])}
+    assert {"plots", "evaluation", "config.json"} <= artifacts
+    # the champion loads through the registry alias and predicts probabilities
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    out = model.predict(np.zeros((2, 3, 64, 64), np.float32))
+    assert out.shape == (2, 1, 64, 64) and ((out >= 0) & (out <= 1)).all()
+    # the artifacts really are on the S3 server
+    keys = [o["Key"] for o in _s3_objects(env)]
+    assert any(k.endswith("model.safetensors") for k in keys)
+
+
+def _s3_objects(env):
+    import boto3
+    s3 = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    return s3.list_objects_v2(Bucket="mlflow-artifacts").get("Contents", [])
+
+
+def test_unchanged_rerun_comes_from_cache(first_run, env, tmp_path):
+    proc, summary = run(env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    for task in ("validate-data", "preprocess-data", "train-model"):
+        assert f"Task {task} cache hit" in log, task
+    assert not summary["promoted"] and summary["champion_after"] == "1"
+    assert [h["event"] for h in registry(env)["history"]] == ["promoted"]  # nothing promoted twice
+
+
+def test_impossible_gate_rejects_and_keeps_champion(first_run, env, tmp_path):
+    before = registry(env)
+    proc, summary = run(env, tmp_path, "gate.min_iou=0.99")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "REJECTED" in proc.stdout and "test IoU" in proc.stdout and "misses >= 0.99" in proc.stdout
+    assert summary["gate"]["decision"] == "reject" and not summary["promoted"]
+    failed = [c for c in summary["gate"]["checks"] if not c["passed"]]
+    assert failed[0]["name"] == "test IoU" and failed[0]["margin"] < 0
+    after = registry(env)
+    assert after["champion"]["version"] == before["champion"]["version"] and after["history"] == before["history"]
+
+
+def test_failing_step_leaves_registry_as_it_was(first_run, env, tmp_path, dataset_copy):
+    before = registry(env)
+    (dataset_copy / "masks" / "synth_00003.png").write_bytes(b"not a png")
+    proc, _ = run(env, tmp_path, f"data.source={dataset_copy}")
+    assert proc.returncode == 2
+    log = proc.stdout + proc.stderr
+    assert "data validation failed" in log and "masks/synth_00003.png" in log  # the step names the file
+    error = proc.stderr.split("cmunext: error:")[-1]
+    assert "validate-data" in error and "Champion unchanged: 1" in error and "Traceback" not in error
+    assert registry(env) == before
+
+
+def test_compiled_yaml_has_every_step_and_the_gate_condition(tmp_path):
+    out = tmp_path / "pipeline.yaml"
+    proc = cmunext(os.environ, "pipeline", "compile", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    spec = yaml.safe_load(out.read_text())
+    executors = set(spec["deploymentSpec"]["executors"])
+    for step in ("validate-data", "preprocess-data", "train-model", "evaluate-model", "gate-model", "promote-model",
+                 "package-model"):
+        assert f"exec-{step}" in executors
+    condition = spec["root"]["dag"]["tasks"]["condition-1"]["triggerPolicy"]["condition"]
+    assert "gate-model" in condition and "'promote'" in condition
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for name in ("data_revision", "variant", "image_size", "epochs", "batch_size", "lr", "seed", "min_iou",
+                 "max_latency_ms"):
+        assert name in params
