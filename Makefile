@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-# The whole pipeline on the demo config (synthetic data unless DATA=path is given).
+# The whole pipeline on the demo config, on data/ or DATA=path. data/ is the synthetic set that
+# data.dvc versions: it is generated (deterministically, same md5) when absent.
 demo: install
+	test -d data || $(BIN)/cmunext -q data synth --out data --n 160 --seed 0
 	$(BIN)/cmunext pipeline run --config configs/demo.yaml $(if $(DATA),--set data.source=$(DATA))
 
 # The test suite CI runs: unit tests and integration tests with real services; BUSI tests skip if absent.

@@ -29,7 +29,7 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None
 
 def cmd_data_synth(args) -> int:
     from .data.synth import write_synthetic_dataset
-    out = write_synthetic_dataset(args.out, args.n, args.seed, args.empty_fraction)
+    out = write_synthetic_dataset(args.out, args.n, args.seed, args.empty_fraction, progress=not args.quiet)
     print(f"wrote {args.n} synthetic image/mask pairs to {out}")
     return 0
 
