@@ -7,7 +7,7 @@ export BENTOML_DO_NOT_TRACK := True
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: install demo test test-fast test-all bench clean-state
+.PHONY: install browser demo test test-all bench clean-state
 
 install: $(STAMP)
 
@@ -23,11 +23,17 @@ demo: install
 	test -d data || $(BIN)/cmunext -q data synth --out data --n 160 --seed 0
 	$(BIN)/cmunext pipeline run --config configs/demo.yaml $(if $(DATA),--set data.source=$(DATA))
 
+# Headless Chromium for the web-page test (Debian's package; the test skips without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not installed: the serving page test will skip"; }
+
 # The test suite CI runs: unit tests and integration tests with real services; BUSI tests skip if absent.
-test: install
+test: install browser
 	$(BIN)/python -m pytest -m "not slow"
 
-test-all: install
+test-all: install browser
 	$(BIN)/python -m pytest
 
 bench: install

@@ -219,6 +219,37 @@ def cmd_registry_rollback(args) -> int:
     return 0
 
 
+# ---- serving ----------------------------------------------------------------------------------
+
+def cmd_serve(args) -> int:
+    """`champion` (default) and plain version numbers resolve through the MLflow registry to the
+    bento the package step built for that version; anything else is a bento or BentoML model tag."""
+    from .serving.serve import find_bento, serve
+
+    target = args.model
+    if target == "champion" or target.isdigit():
+        from .tracking import registry
+        name = _model_name(args)
+        version = target
+        if target == "champion":
+            champ = registry.champion(name)
+            if champ is None:
+                raise registry.RegistryError(f"{name} has no champion yet: run the pipeline (make demo) first")
+            version = champ["version"]
+        try:
+            target = find_bento(version, name)
+        except LookupError as exc:
+            raise registry.RegistryError(str(exc)) from None
+    print(f"serving {target} on http://{args.host}:{args.port}/", flush=True)
+    serve(target, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .serving import bench
+    return bench.main(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmunext", description="CMUNeXt lesion segmentation: data, training, pipeline, serving")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -317,6 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("promote", "rollback"):
             p.add_argument("--reason", required=name == "promote", default="manual rollback")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("serve", help="serve the champion's bento (or a chosen version) with BentoML")
+    p.add_argument("--model", default="champion", help="champion, an MLflow version number, or a bento/model tag")
+    p.add_argument("--model-name", help="registered model (default: from --config or the default config)")
+    p.add_argument("--config", "-c")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench", help="benchmarks, as ratios against a baseline run in the same process")
+    p.add_argument("what", choices=["serving"])
+    p.add_argument("args", nargs=argparse.REMAINDER, help="options of the benchmark (see --help after the name)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

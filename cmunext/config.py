@@ -82,7 +82,7 @@ class GateConfig(_Section):
 
 
 class RegistryConfig(_Section):
-    model_name: str = "cmunext-seg"
+    model_name: str = "cmunext"
 
 
 class RunConfig(_Section):

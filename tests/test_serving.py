@@ -221,14 +221,13 @@ def test_export_parity_with_pytorch(served_weights, tmp_path):
         assert np.abs(runtime.probabilities(x) - expected).max() <= 1e-4
 
 
-def test_runtime_matches_the_predictor(served_weights, images, tmp_path):
+def test_runtime_matches_the_predictor(served_weights, packaged, images, tmp_path):
     """The torch-free serving steps equal cmunext.predict's: decoding, preprocessing, probabilities, overlay."""
     from cmunext.predict import Predictor, overlay
     from cmunext.serving import runtime
-    from cmunext.serving.export import export_serving_artifact
+    from cmunext.serving.package import stores
 
-    export_serving_artifact(served_weights, tmp_path / "artifact", runs=1)
-    onnx_model = runtime.OnnxModel(tmp_path / "artifact")
+    onnx_model = runtime.OnnxModel(stores()[0].get(packaged["model_tag"]).path)  # the packaged artifact
     predictor = Predictor(served_weights)
     for name, data in images.items():
         image, prob, mask = predictor_mask(served_weights, data, tmp_path, name)
@@ -274,6 +273,20 @@ def test_package_records_provenance(packaged):
     assert resolve(packaged["model_tag"]) == ("model", packaged["model_tag"])
     assert resolve(None) == ("bento", packaged["bento_tag"])
     assert bentoml.__version__.startswith("1.4")
+
+
+def test_bento_service_imports_without_torch(packaged):
+    """The serving image has no torch (nor albumentations): the bento's code must not need them."""
+    import sys
+    from cmunext.serving.package import stores
+
+    src = Path(stores()[1].get(packaged["bento_tag"]).path) / "src"
+    code = ("import sys; sys.modules.update(torch=None, albumentations=None, torchvision=None); "
+            "import cmunext_bento.serving.service as s; print(s.MODEL_TAG)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(src)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("cmunext-segmenter:latest")  # no bento arguments outside `bentoml serve`
 
 
 # ---- a real server ----------------------------------------------------------------------------------------
