@@ -14,6 +14,13 @@ from .errors import CmunextError
 log = logging.getLogger(__name__)
 
 
+def _log_to_stderr() -> None:
+    """Inside a kfp task nothing configures logging; the per-epoch lines are the step's progress."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+
+
 class StepFailed(CmunextError):
     """A step refused to continue; the message says why (e.g. the data failed validation)."""
 
@@ -21,8 +28,9 @@ class StepFailed(CmunextError):
 # ---- validate -------------------------------------------------------------------------------
 
 def snapshot_data(cfg: RunConfig, revision: str, project_root: str | Path, dest: str | Path) -> dict:
-    """Copy exactly the requested dataset version into `dest`; returns {revision, md5, files}."""
-    from .data.fingerprint import folder_digest
+    """Copy exactly the requested dataset version into `dest`; returns {revision, md5, files}, with
+    the md5 DVC records for a folder (so a workspace snapshot of data/ matches data.dvc)."""
+    from .data.versioning import dataset_md5
     from .prepare import resolve_source
 
     dest = Path(dest)
@@ -31,13 +39,10 @@ def snapshot_data(cfg: RunConfig, revision: str, project_root: str | Path, dest:
         return materialize(project_root, revision, dest)
     source = resolve_source(cfg, progress=False)
     shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    for sub in ("images", "masks"):
-        src = source / sub
-        if src.is_dir():  # symlinks are copied as links: the validator refuses those leading outside
-            shutil.copytree(src, dest / sub, symlinks=True)
-    files = sum(1 for _ in dest.rglob("*") if _.is_file())
-    return {"revision": "workspace", "md5": folder_digest(dest), "files": files, "source": str(source)}
+    # symlinks are copied as links: the validator refuses those that lead outside the dataset
+    shutil.copytree(source, dest, symlinks=True, ignore=shutil.ignore_patterns(".*"))
+    digest = dataset_md5(dest)
+    return {"revision": "workspace", "md5": digest["md5"], "files": digest["files"], "source": str(source)}
 
 
 def validate(cfg: RunConfig, data_dir: str | Path, report_dir: str | Path) -> dict:
@@ -74,10 +79,13 @@ def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_revisi
     from .pictures import training_curves
     from .tracking import mlflow_runs
 
+    _log_to_stderr()
     out_dir = Path(out_dir)
     run_id = mlflow_runs.start(cfg, data_revision, data_md5, tags={"pipeline_run": pipeline_run})
     mlflow_runs.set_tags(run_id, {"status_detail": "training"})
-    result = run_training(cfg, data_dir, out_dir, resume=True, callbacks=[mlflow_runs.EpochLogger(run_id)])
+    # one log line per epoch is the progress in the task's log (a bar per batch floods it)
+    result = run_training(cfg, data_dir, out_dir, resume=True, callbacks=[mlflow_runs.EpochLogger(run_id)],
+                          progress=False)
     curves = training_curves(result.history, out_dir / "training_curves.png")
     mlflow_runs.log_pictures(run_id, {"plots": curves})
     mlflow_runs.log_metrics(run_id, {"best_val_iou": result.best_val_iou, "best_epoch": result.best_epoch,

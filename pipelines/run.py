@@ -31,13 +31,14 @@ def pipeline_arguments(cfg: RunConfig, data_md5: str, champion_version: str | No
 
 
 def measure_data(cfg: RunConfig) -> str:
-    """The digest that keys the cache: DVC's md5 at a revision, or the content digest of the folder."""
+    """The digest that keys the cache: the md5 DVC records for the dataset folder (at a revision, or as
+    it is on disk): for data/ at the committed version it equals data.dvc's md5."""
     if cfg.data.revision not in ("", "workspace"):
         from cmunext.data.versioning import revision_md5
         return revision_md5(PROJECT_ROOT, cfg.data.revision)
-    from cmunext.data.fingerprint import folder_digest
+    from cmunext.data.versioning import dataset_md5
     from cmunext.prepare import resolve_source
-    return folder_digest(resolve_source(cfg))
+    return dataset_md5(resolve_source(cfg))["md5"]
 
 
 def run_pipeline(config: str | Path | None, overrides: list[str] | None = None, caching: bool = True) -> dict:

@@ -51,12 +51,3 @@ def near_duplicate_groups(hashes: list[int], max_bits: int = NEAR_DUPLICATE_BITS
                     parent[max(ri, rj)] = min(ri, rj)
     return [find(i) for i in range(n)]
 
-
-def folder_digest(folder: str | Path) -> str:
-    """Content digest of a dataset folder: sha256 over (relative path, file sha256) of every file,
-    in sorted order; independent of timestamps and of where the folder lives."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        h.update(f"{path.relative_to(folder).as_posix()}\0{sha256_bytes(path)}\n".encode())
-    return h.hexdigest()

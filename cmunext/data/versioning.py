@@ -474,6 +474,17 @@ def _resolve_revision(root: Path, revision: str) -> str:
     return proc.stdout.strip()
 
 
+def revision_md5(project_root: str | Path, revision: str, data_dir: str = "data") -> str:
+    """The dataset md5 that data.dvc records at a git revision (cheap: reads only the pointer)."""
+    root = _git_root(project_root)
+    sha = _resolve_revision(root, revision)
+    _, pointer = _dvcfile(root, data_dir)
+    proc = _git(root, "show", f"{sha}:{pointer}", check=False)
+    if proc.returncode != 0:
+        raise RevisionError(f"revision {revision!r} ({sha[:12]}) of {root} has no {pointer}")
+    return _read_pointer(proc.stdout, f"{pointer}@{revision}")["md5"]
+
+
 def dataset_md5(path: str | Path, project_root: str | Path | None = None) -> dict:
     """The md5 DVC would record for a folder (``<hex>.dir``) and its file count, without adding it.
     Uses the project's .dvcignore and hash cache when `project_root` is given."""
