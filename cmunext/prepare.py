@@ -22,10 +22,11 @@ def resolve_source(cfg: RunConfig, progress: bool = True) -> Path:
     """The raw dataset folder for a config: generated once per (n, seed) for `synth`, else the given folder."""
     if cfg.data.source == "synth":
         folder = state_path("datasets", f"synth-n{cfg.data.synth_n}-s{cfg.data.synth_seed}")
-        if not (folder / ".complete").exists():
+        done = folder.with_name(folder.name + ".complete")  # beside, not inside: it is not data
+        if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)
             write_synthetic_dataset(folder, cfg.data.synth_n, cfg.data.synth_seed, progress=progress)
-            (folder / ".complete").touch()
+            done.touch()
         return folder
     folder = Path(cfg.data.source).expanduser()
     if not folder.is_dir():

@@ -40,7 +40,7 @@ def snapshot_data(cfg: RunConfig, revision: str, project_root: str | Path, dest:
     source = resolve_source(cfg, progress=False)
     shutil.rmtree(dest, ignore_errors=True)
     # symlinks are copied as links: the validator refuses those that lead outside the dataset
-    shutil.copytree(source, dest, symlinks=True, ignore=shutil.ignore_patterns(".*"))
+    shutil.copytree(source, dest, symlinks=True)
     digest = dataset_md5(dest)
     return {"revision": "workspace", "md5": digest["md5"], "files": digest["files"], "source": str(source)}
 
