@@ -129,7 +129,7 @@ def cmd_evaluate(args) -> int:
     if args.split:
         stems = json.loads(Path(args.split).read_text())[args.split_name]
     predictor = Predictor(args.model, cfg.eval.threshold)
-    rows = score_images(predictor.probabilities, args.data, stems, cfg.eval.threshold)
+    rows = score_images(predictor.probabilities, args.data, stems, cfg.eval.threshold, progress=not args.quiet)
     with tempfile.TemporaryDirectory() as tmp:
         run, artifact = serving_runner(args.model, tmp)
         lat = latency_ms(run, cfg.eval.latency_runs, cfg.eval.latency_warmup)

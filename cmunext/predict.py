@@ -8,28 +8,9 @@ import numpy as np
 import torch
 
 from .data.imageio import read_image, write_png
-from .data.transforms import normalize_array
 from .engine.weights import load_weights
-
-
-def resize_input(image: np.ndarray, size: int, channels: int) -> np.ndarray:
-    if channels == 3 and image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    elif channels == 1 and image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 64, 32)) -> np.ndarray:
-    """RGB image with the lesion tinted and its outline drawn."""
-    rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image.copy()
-    m = mask.astype(bool)
-    tint = np.array(color, dtype=np.float32)
-    rgb[m] = (0.7 * rgb[m] + 0.3 * tint).astype(np.uint8)
-    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    thickness = max(1, round(max(rgb.shape[:2]) / 300))
-    cv2.drawContours(rgb, contours, -1, color, thickness)
-    return rgb
+# the served path's own (torch-free) steps, so the two cannot drift apart
+from .serving.runtime import overlay, preprocess  # noqa: F401  (overlay is part of this module's API)
 
 
 class Predictor:
@@ -42,7 +23,7 @@ class Predictor:
         self.size, self.channels = self.meta["image_size"], self.meta["in_channels"]
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
-        return normalize_array(resize_input(image, self.size, self.channels), self.channels)
+        return preprocess(image, self.size, self.channels)
 
     @torch.inference_mode()
     def probabilities(self, image: np.ndarray) -> np.ndarray:

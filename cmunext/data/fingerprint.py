@@ -12,7 +12,7 @@ HASH_BITS = 64
 NEAR_DUPLICATE_BITS = 6  # dHash distance at or below which two images count as near-duplicates
 
 
-def sha256_bytes(path: str | Path) -> str:
+def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

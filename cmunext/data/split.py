@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .dataset import find_file, list_pairs
-from .fingerprint import dhash, near_duplicate_groups, sha256_bytes
+from .fingerprint import dhash, near_duplicate_groups, sha256_file
 from .imageio import read_image
 
 SPLITS = ("train", "val", "test")
@@ -24,7 +24,7 @@ def fingerprints(root: str | Path, stems: list[str], progress: bool = True) -> d
     out = {}
     for stem in tqdm(stems, desc="fingerprinting", unit="img", disable=not progress):
         path = find_file(root / "images", stem)
-        out[stem] = {"sha256": sha256_bytes(path), "dhash": dhash(read_image(path))}
+        out[stem] = {"sha256": sha256_file(path), "dhash": dhash(read_image(path))}
     return out
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import albumentations as A
-import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,12 +33,3 @@ def train_transform(size: int, channels: int = 3, augment: bool = True) -> A.Com
 def eval_transform(size: int, channels: int = 3) -> A.Compose:
     return A.Compose([A.Resize(size, size), _normalize(channels)])
 
-
-def normalize_array(image: np.ndarray, channels: int = 3) -> np.ndarray:
-    """HxW(xC) uint8 -> CxHxW float32 normalised, without albumentations (serving path)."""
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (GRAY_MEAN, GRAY_STD)
-    x = image.astype(np.float32) / 255.0
-    if x.ndim == 2:
-        x = x[..., None]
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))

@@ -4,22 +4,15 @@ A truncated or corrupted checkpoint fails its checksum and the previous good one
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
 
 import torch
 
+from ..data.fingerprint import sha256_file
+
 log = logging.getLogger(__name__)
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def atomic_save(obj, path: Path) -> None:

@@ -27,7 +27,7 @@ BUNDLE = "cmunext_bento"           # the serving code's package name inside a be
 SERVICE = f"{BUNDLE}.serving.service:Segmenter"
 SERVING_PACKAGES = ("onnxruntime", "numpy", "pillow", "opencv-python-headless")
 # the torch-free part of the project that the service imports, copied with its layout (so relative imports hold)
-_SOURCES = ("errors.py", "data/imageio.py", "serving/__init__.py", "serving/service.py", "serving/runtime.py",
+_SOURCES = ("errors.py", "data/imageio.py", "data/fingerprint.py", "serving/__init__.py", "serving/service.py", "serving/runtime.py",
             "serving/guard.py", "serving/ui.py")
 
 

@@ -7,7 +7,6 @@ Inside a bento these modules are copied into package `cmunext_bento` (see cmunex
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import warnings
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..data.fingerprint import sha256_file
 from ..data.imageio import DataError, open_image, to_array
 
 THRESHOLD = 0.5
@@ -128,14 +128,6 @@ def png_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def session_options(settings: dict, threads: int | None = None):
