@@ -211,8 +211,15 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
             evaluation: dict, out_dir: str | Path) -> dict:
     """Bento for a registered version; its tag is recorded on the version."""
     from .serving.package import package_model
+    from .serving.serve import find_bento
     from .tracking import registry
 
+    name = cfg.registry.model_name
+    if registry.version_tags(name, str(version)).get("bento_tag"):  # a re-run: the bento exists already
+        try:
+            return {"bento_tag": find_bento(version, name), "reused": "true"}
+        except LookupError:
+            pass  # recorded but gone from this store: build it again
     metrics = {k: v["value"] for k, v in evaluation["metrics"].items()}
     metrics["latency_p95_ms"] = evaluation["latency"]["p95_ms"]
     result = package_model(weights, model_name=cfg.registry.model_name, model_version=str(version), run_id=run_id,

@@ -141,6 +141,10 @@ def rollback(model_name: str, reason: str = "rollback") -> dict:
         return entry
 
 
+def version_tags(model_name: str, version: str) -> dict[str, str]:
+    return dict(_client().get_model_version(model_name, version).tags or {})
+
+
 def tag_version(model_name: str, version: str, tags: dict[str, object]) -> None:
     client = _client()
     for k, v in tags.items():
