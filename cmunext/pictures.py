@@ -7,7 +7,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 from .data.dataset import find_file  # noqa: E402
 from .data.imageio import read_image, read_mask  # noqa: E402
