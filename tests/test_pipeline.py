@@ -135,3 +135,44 @@ def test_compiled_yaml_has_every_step_and_the_gate_condition(tmp_path):
     for name in ("data_revision", "variant", "image_size", "epochs", "batch_size", "lr", "seed", "min_iou",
                  "max_latency_ms"):
         assert name in params
+
+
+def test_cmunext_serve_serves_the_champions_bento(first_run, env, tmp_path):
+    """`cmunext serve` resolves the champion through the registry to the bento this pipeline run built,
+    and a real `bentoml serve` answers a segmentation request with a mask at the input's size."""
+    import io
+    import signal
+    import time
+
+    import requests
+    from PIL import Image
+
+    from conftest import free_port, wait_for_port
+
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([str(VENV_BIN / "cmunext"), "serve", "--model-name", MODEL, "--port", str(port)],
+                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc, timeout=180)
+        deadline = time.time() + 120
+        while requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code != 200:
+            assert time.time() < deadline, "service never became ready"
+            time.sleep(0.5)
+        image = (np.random.default_rng(0).random((90, 130)) * 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        r = requests.post(f"http://127.0.0.1:{port}/segment", files={"image": ("x.png", buf.getvalue(), "image/png")},
+                          timeout=60)
+        assert r.status_code == 200, r.text
+        assert Image.open(io.BytesIO(r.content)).size == (130, 90)
+        info = requests.post(f"http://127.0.0.1:{port}/segment_json",
+                             files={"image": ("x.png", buf.getvalue(), "image/png")}, timeout=60).json()
+        assert info["model"]["mlflow_version"] == "1"
+    finally:
+        proc.send_signal(signal.SIGINT)  # `cmunext serve` stops its bentoml child on SIGINT
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
