@@ -208,8 +208,9 @@ def promote(cfg: RunConfig, decision: dict, evaluation: dict, run_id: str, model
 # ---- package --------------------------------------------------------------------------------
 
 def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data_revision: str,
-            evaluation: dict, out_dir: str | Path) -> dict:
-    """Bento for a registered version; its tag is recorded on the version."""
+            evaluation: dict, out_dir: str | Path, exported: str | Path | None = None) -> dict:
+    """Bento for a registered version; its tag is recorded on the version. `exported` is the serving
+    artifact the evaluate step measured: shipped as it is, so the gate's latency is the served one's."""
     from .serving.package import package_model
     from .serving.serve import find_bento
     from .tracking import registry
@@ -223,7 +224,7 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
     metrics = {k: v["value"] for k, v in evaluation["metrics"].items()}
     metrics["latency_p95_ms"] = evaluation["latency"]["p95_ms"]
     result = package_model(weights, model_name=cfg.registry.model_name, model_version=str(version), run_id=run_id,
-                           data_revision=data_revision, metrics=metrics)
+                           data_revision=data_revision, metrics=metrics, exported=exported)
     registry.tag_version(cfg.registry.model_name, str(version), {"bento_tag": result["bento_tag"],
                                                                  "bento_archive": str(result.get("archive", ""))})
     Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,9 @@ def package_model(config_json: str, version: str, run_id: str, data_revision: st
     from cmunext.config import RunConfig
     from cmunext.steps import package
 
+    # the evaluate step's exported artifact (work/artifact beside its output), measured by the gate
+    exported = os.path.join(os.path.dirname(evaluation.path), "work", "artifact")
     result = package(RunConfig.model_validate_json(config_json), os.path.join(model.path, "model.safetensors"),
-                     version, run_id, data_revision, json.load(open(evaluation.path)), bento.path)
+                     version, run_id, data_revision, json.load(open(evaluation.path)), bento.path, exported)
     bento.metadata.update(result)
     return result["bento_tag"]

@@ -17,7 +17,9 @@ import tempfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from ..data.fingerprint import sha256_file
 from ..paths import state_dir
+from .runtime import EXPORT_JSON, verify_artifact
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +100,25 @@ def _build(ctx: Path, config: dict, home: Path) -> str:
     return tags[-1]
 
 
+def _reusable_export(folder, weights) -> dict | None:
+    """export.json of FOLDER if it was exported from exactly WEIGHTS and its artifact is intact, else None."""
+    if folder is None or not (Path(folder) / EXPORT_JSON).exists():
+        return None
+    info = json.loads((Path(folder) / EXPORT_JSON).read_text())
+    if info.get("weights_sha256") != sha256_file(weights):
+        return None
+    verify_artifact(folder)  # raises if the artifact was changed since it was measured
+    return info
+
+
 def package_model(weights: str | Path, *, model_name: str, model_version: str | int, run_id: str,
                   data_revision: str, metrics: dict, export_to: str | None = None, tolerance: float = 1e-4,
-                  runs: int = 30) -> dict:
+                  runs: int = 30, exported: str | Path | None = None) -> dict:
     """Export WEIGHTS, store the artifact as a BentoML model, build a bento and export it as a .bento archive
     (to <state>/bentos/, or to EXPORT_TO: a folder, a file path or an s3:// URL).
+
+    EXPORTED, an artifact folder that export_serving_artifact already wrote for these same weights (the
+    evaluate step's, whose latency the gate judged), is packaged as it is instead of exporting again.
 
     Returns {"bento_tag", "model_tag", "archive", "format", "sha256", ...}.
     """
@@ -116,7 +132,11 @@ def package_model(weights: str | Path, *, model_name: str, model_version: str | 
               "data_revision": str(data_revision)}
     with tempfile.TemporaryDirectory(prefix="cmunext-package-", dir=home / "tmp") as tmp:
         tmp = Path(tmp)
-        info = export_serving_artifact(weights, tmp / "artifact", tolerance=tolerance, runs=runs)
+        info = _reusable_export(exported, weights)
+        if info is None:
+            info = export_serving_artifact(weights, tmp / "artifact", tolerance=tolerance, runs=runs)
+        else:
+            shutil.copytree(exported, tmp / "artifact")
         artifact_labels = {**labels, "sha256": info["sha256"], "format": info["format"]}
         metadata = _jsonable({
             **artifact_labels, "metrics": metrics, "file": info["file"], "image_size": info["image_size"],
