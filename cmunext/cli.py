@@ -148,7 +148,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_pipeline_run(args) -> int:
     from pipelines.run import run_pipeline
-    summary = run_pipeline(args.config, args.set, caching=not args.no_cache)
+    summary = run_pipeline(args.config, args.set, caching=not args.no_cache, if_changed=args.if_changed)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     print(format_run_summary(summary))
@@ -158,6 +158,10 @@ def cmd_pipeline_run(args) -> int:
 def format_run_summary(s: dict) -> str:
     lines = ["", "=" * 72, f"pipeline run '{s['config']}' finished in {s['seconds']:.0f} s",
              f"  data revision : {s['data_revision']} (digest {s['data_md5'][:12]})"]
+    if s.get("retrain_check") == "skip":
+        lines += [f"  retrain check : nothing to do; champion {s['champion_after'] or 'none'} stays",
+                  f"  MLflow        : {s['mlflow_tracking_uri']}", "=" * 72]
+        return "\n".join(lines)
     if s["metrics"]:
         m = s["metrics"]
         lines.append(f"  test IoU      : {m['iou']['value']:.4f} [{m['iou']['ci95_low']:.4f}, {m['iou']['ci95_high']:.4f}] "
@@ -180,7 +184,45 @@ def format_run_summary(s: dict) -> str:
 
 def cmd_pipeline_compile(args) -> int:
     from pipelines.run import compile_pipeline
-    print(f"wrote {compile_pipeline(args.out)}")
+    cfg = load_config(args.config, args.set) if args.config else None
+    print(f"wrote {compile_pipeline(args.out, cfg)}")
+    return 0
+
+
+def cmd_pipeline_submit(args) -> int:
+    from pipelines.cluster import submit
+    cfg = load_config(args.config, args.set)
+    result = submit(cfg, args.host, experiment=args.experiment, run_name=args.run_name, namespace=args.namespace,
+                    project_repo=args.project_repo, if_changed=args.if_changed)
+    print(f"submitted run {result['run_id']} (experiment {args.experiment}): {result['url']}")
+    return 0
+
+
+def cmd_pipeline_schedule(args) -> int:
+    from pipelines.cluster import schedule
+    cfg = load_config(args.config, args.set)
+    result = schedule(cfg, args.host, args.cron, experiment=args.experiment, name=args.name,
+                      namespace=args.namespace, project_repo=args.project_repo)
+    print(f"scheduled recurring run {result['recurring_run_id']} on cron '{result['cron']}' (KFP's six fields); "
+          f"each run retrains only if the data, the code or the champion's age call for it")
+    return 0
+
+
+def cmd_retrain(args) -> int:
+    """Fit for cron: decide here, without starting the pipeline, and only run it when there is work."""
+    from pipelines.run import PROJECT_ROOT, run_pipeline
+
+    from .retrain import decide, measure_data, record
+    cfg = load_config(args.config, args.set)
+    if args.if_changed:
+        decision = decide(cfg, measure_data(cfg, PROJECT_ROOT))
+        if decision["decision"] == "skip":
+            record(cfg, decision, source="cli")
+            print(f"retrain: {decision['reasons'][0]}")
+            return 0
+        print("retrain: " + "; ".join(decision["reasons"]))
+    summary = run_pipeline(args.config, args.set, if_changed=args.if_changed)
+    print(format_run_summary(summary))
     return 0
 
 
@@ -327,11 +369,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = psub.add_parser("run", help="run the whole pipeline on this machine (kfp.local, caching on)")
     _add_config_args(p, required=True)
     p.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")
+    p.add_argument("--if-changed", action="store_true", help="train only if the data, code or champion's age call for it")
     p.add_argument("--json", help="also write the run summary here")
     p.set_defaults(func=cmd_pipeline_run)
     p = psub.add_parser("compile", help="compile the pipeline YAML for a Kubeflow Pipelines cluster")
     p.add_argument("--out", required=True)
+    _add_config_args(p)
     p.set_defaults(func=cmd_pipeline_compile)
+    for name, func, help_ in (("submit", cmd_pipeline_submit, "run the pipeline once on a Kubeflow Pipelines cluster"),
+                              ("schedule", cmd_pipeline_schedule, "a recurring run that retrains when something changed")):
+        p = psub.add_parser(name, help=help_)
+        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080 ($KFP_TOKEN for auth)")
+        _add_config_args(p, required=True)
+        p.add_argument("--experiment", default="cmunext")
+        p.add_argument("--namespace", help="KFP namespace (multi-user installs)")
+        p.add_argument("--project-repo", help="git URL the cluster clones to read data.dvc (default: origin)")
+        if name == "submit":
+            p.add_argument("--run-name")
+            p.add_argument("--if-changed", action="store_true")
+        else:
+            p.add_argument("--cron", required=True, help="five-field cron, e.g. '0 3 * * 0' (Sundays 03:00)")
+            p.add_argument("--name", help="recurring run name (default: <config name>-retrain)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("retrain", help="run the pipeline; with --if-changed only when something changed (cron)")
+    _add_config_args(p, required=True)
+    p.add_argument("--if-changed", action="store_true",
+                   help="skip (exit 0, recorded in MLflow) unless data, code or the champion's age call for training")
+    p.set_defaults(func=cmd_retrain)
 
     reg = sub.add_parser("registry", help="the MLflow model registry: champion, history, promotion, rollback")
     rsub = reg.add_subparsers(dest="registry_command", required=True)

@@ -62,6 +62,14 @@ class TrainConfig(_Section):
     amp: bool = True  # mixed precision, used on CUDA only
     workers: int = Field(0, ge=0)
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default
+    # More than one process: the train step runs torchrun (DDP), one process per GPU (or CPU process).
+    processes: int = Field(1, ge=1)
+    # On a cluster: the train step's pod asks for this many accelerators of this type
+    # (e.g. "nvidia.com/gpu"); 0 = none. Also sets `processes` when that is left at 1.
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_count: int = Field(0, ge=0)
+    cpu_request: str = "2"
+    memory_request: str = "8Gi"
 
 
 class EvalConfig(_Section):
@@ -85,6 +93,12 @@ class RegistryConfig(_Section):
     model_name: str = "cmunext"
 
 
+class RetrainConfig(_Section):
+    """When `retrain --if-changed` (and every scheduled run) retrains: on a new data digest, on new
+    code, or when the champion is older than this."""
+    max_champion_age_days: float = Field(30.0, gt=0)
+
+
 class RunConfig(_Section):
     name: str = "run"
     model: ModelConfig = ModelConfig()
@@ -93,6 +107,7 @@ class RunConfig(_Section):
     eval: EvalConfig = EvalConfig()
     gate: GateConfig = GateConfig()
     registry: RegistryConfig = RegistryConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
 
 class ConfigError(CmunextError, ValueError):

@@ -35,8 +35,10 @@ def snapshot_data(cfg: RunConfig, revision: str, project_root: str | Path, dest:
 
     dest = Path(dest)
     if revision not in ("", "workspace"):
+        from .data.source_repo import local_checkout
         from .data.versioning import materialize
-        return materialize(project_root, revision, dest)
+        with local_checkout(project_root) as root:  # a path, or a git URL on a cluster
+            return materialize(root, revision, dest)
     source = resolve_source(cfg, progress=False)
     shutil.rmtree(dest, ignore_errors=True)
     # symlinks are copied as links: the validator refuses those that lead outside the dataset
@@ -75,17 +77,29 @@ def preprocess(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_r
 def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_revision: str, data_md5: str,
           pipeline_run: str = "") -> dict:
     """Train with MLflow tracking; returns {run_id, model_uri, weights, best_epoch, best_val_iou}."""
-    from .engine.trainer import train as run_training
+    from .engine.launch import train_any
     from .pictures import training_curves
     from .tracking import mlflow_runs
 
     _log_to_stderr()
     out_dir = Path(out_dir)
-    run_id = mlflow_runs.start(cfg, data_revision, data_md5, tags={"pipeline_run": pipeline_run})
+    from .retrain import CODE_TAG, code_digest
+    # A retried step resumes from the checkpoints in out_dir; it also continues the MLflow run it started there,
+    # so one run holds every epoch (not a second, partial run beside an orphan).
+    marker = out_dir / "mlflow_run_id"
+    run_id = mlflow_runs.existing_run(marker.read_text().strip()) if marker.is_file() else None
+    if run_id is None:
+        run_id = mlflow_runs.start(cfg, data_revision, data_md5,
+                                   tags={"pipeline_run": pipeline_run, CODE_TAG: code_digest()})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(run_id + "\n")
     mlflow_runs.set_tags(run_id, {"status_detail": "training"})
     # one log line per epoch is the progress in the task's log (a bar per batch floods it)
-    result = run_training(cfg, data_dir, out_dir, resume=True, callbacks=[mlflow_runs.EpochLogger(run_id)],
-                          progress=False)
+    result = train_any(cfg, data_dir, out_dir, resume=True, callbacks=[mlflow_runs.EpochLogger(run_id)],
+                       progress=False)
+    # epochs whose metrics never reached MLflow (it was down past the client's retries, or the step was killed
+    # between checkpoint and logging) are in the resumed history: log them now
+    mlflow_runs.log_missing_epochs(run_id, result.history)
     curves = training_curves(result.history, out_dir / "training_curves.png")
     mlflow_runs.log_pictures(run_id, {"plots": curves})
     mlflow_runs.log_metrics(run_id, {"best_val_iou": result.best_val_iou, "best_epoch": result.best_epoch,
@@ -186,15 +200,22 @@ def promote(cfg: RunConfig, decision: dict, evaluation: dict, run_id: str, model
     if decision["decision"] != "promote":
         raise StepFailed("promote called for a rejected model")
     name = cfg.registry.model_name
-    existing = registry.version_for_run(name, run_id)
-    if existing is not None:  # a re-run of a run already registered: never register or promote twice
-        return {"model": name, "version": existing, "event": "already_registered", "reason": "same training run"}
     m = evaluation["metrics"]
     tags = {"run_id": run_id, "data_revision": data_revision, "gate_decision": "promote",
             "gate_reasons": json.dumps(decision["reasons"]), "test_iou": f"{m['iou']['value']:.4f}",
             "test_dice": f"{m['dice']['value']:.4f}", "latency_p95_ms": f"{evaluation['latency']['p95_ms']:.2f}",
             "variant": cfg.model.variant, "image_size": str(cfg.data.image_size)}
-    version = registry.register(model_uri, name, tags)
+    existing = registry.version_for_run(name, run_id)
+    if existing is not None:  # a re-run of a run already registered: never register or promote twice
+        champ = registry.champion(name)
+        if (champ and champ["version"] == existing) or "promoted_at" in registry.version_tags(name, existing):
+            return {"model": name, "version": existing, "event": "already_registered", "reason": "same training run"}
+        # registered by an attempt that stopped before the alias moved (killed, MLflow down): finish that
+        # promotion, compare-and-set against the champion this gate saw, instead of leaving it half made
+        version = existing
+        registry.tag_version(name, version, tags)
+    else:
+        version = registry.register(model_uri, name, tags)
     try:
         entry = registry.promote(name, version, reason="gate passed: " + "; ".join(
             c["message"] for c in decision["checks"]), expected_champion=decision["champion_version"])

@@ -19,11 +19,13 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def pipeline_arguments(cfg: RunConfig, data_md5: str, champion_version: str | None) -> dict:
+def pipeline_arguments(cfg: RunConfig, data_md5: str = "", if_changed: bool = False,
+                       project_root: str | Path = PROJECT_ROOT) -> dict:
+    """The run's parameters. `data_md5` may be left empty: the first step then measures the data."""
     return {
         "base_config": json.dumps(config_to_dict(cfg), sort_keys=True),
-        "data_revision": cfg.data.revision, "data_md5": data_md5, "project_root": str(PROJECT_ROOT),
-        "champion_version": champion_version or "none",
+        "data_revision": cfg.data.revision, "data_md5": data_md5, "project_root": str(project_root),
+        "if_changed": if_changed,
         "variant": cfg.model.variant, "image_size": cfg.data.image_size, "epochs": cfg.train.epochs,
         "batch_size": cfg.train.batch_size, "lr": cfg.train.lr, "seed": cfg.train.seed,
         "min_iou": cfg.gate.min_iou, "max_latency_ms": cfg.gate.max_latency_ms,
@@ -31,18 +33,14 @@ def pipeline_arguments(cfg: RunConfig, data_md5: str, champion_version: str | No
 
 
 def measure_data(cfg: RunConfig) -> str:
-    """The digest that keys the cache: the md5 DVC records for the dataset folder (at a revision, or as
-    it is on disk): for data/ at the committed version it equals data.dvc's md5."""
-    if cfg.data.revision not in ("", "workspace"):
-        from cmunext.data.versioning import revision_md5
-        return revision_md5(PROJECT_ROOT, cfg.data.revision)
-    from cmunext.data.versioning import dataset_md5
-    from cmunext.prepare import resolve_source
-    return dataset_md5(resolve_source(cfg))["md5"]
+    from cmunext.retrain import measure_data as measure
+    return measure(cfg, PROJECT_ROOT)
 
 
-def run_pipeline(config: str | Path | None, overrides: list[str] | None = None, caching: bool = True) -> dict:
-    """Run the whole pipeline; returns a summary (decision, metrics, registry state, where things are)."""
+def run_pipeline(config: str | Path | None, overrides: list[str] | None = None, caching: bool = True,
+                 if_changed: bool = False) -> dict:
+    """Run the whole pipeline; returns a summary (decision, metrics, registry state, where things are).
+    With `if_changed` it trains only when the data, the code or the champion's age call for it."""
     from kfp import local
 
     from cmunext.tracking import mlflow_runs, registry
@@ -58,7 +56,7 @@ def run_pipeline(config: str | Path | None, overrides: list[str] | None = None, 
     root = state_dir() / "kfp"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "outputs"),
                enable_caching=caching, cache_root=str(root / "cache"))
-    args = pipeline_arguments(cfg, data_md5, before["version"] if before else None)
+    args = pipeline_arguments(cfg, data_md5, if_changed)
     try:
         training_pipeline(**args)
     except RuntimeError as exc:  # kfp.local: a task failed; its own message is in the log above
@@ -86,8 +84,10 @@ def _latest_run_dir(outputs: Path) -> Path | None:
 def _summary(cfg, data_md5, before, after, seconds, outputs: Path) -> dict:
     from cmunext.tracking import mlflow_runs
     run_dir = _latest_run_dir(outputs)
-    evaluation = decision = None
+    evaluation = decision = check = None
     if run_dir:
+        report = next(run_dir.glob("check-changes*/report"), None)
+        check = report.read_text().splitlines()[0].removeprefix("# Retrain check: ") if report else None
         ev = next(run_dir.glob("evaluate-model*/evaluation"), None)
         evaluation = json.loads(ev.read_text()) if ev else None
         gate_json = next(run_dir.glob("gate-model*/decision"), None)
@@ -95,7 +95,7 @@ def _summary(cfg, data_md5, before, after, seconds, outputs: Path) -> dict:
     promoted = bool(after) and (not before or after["version"] != before["version"])
     return {
         "config": cfg.name, "data_revision": cfg.data.revision, "data_md5": data_md5,
-        "seconds": round(seconds, 1), "promoted": promoted,
+        "seconds": round(seconds, 1), "retrain_check": check, "promoted": promoted,
         "champion_before": before and before["version"], "champion_after": after and after["version"],
         "metrics": evaluation and {k: v for k, v in evaluation["metrics"].items() if k in ("iou", "dice", "pooled_iou", "hd95")},
         "latency": evaluation and evaluation["latency"], "gate": decision,
@@ -104,9 +104,12 @@ def _summary(cfg, data_md5, before, after, seconds, outputs: Path) -> dict:
     }
 
 
-def compile_pipeline(out: str | Path) -> Path:
+def compile_pipeline(out: str | Path, cfg: RunConfig | None = None) -> Path:
+    """Compile to YAML; the config's `train` section sets the train step's resources and accelerators."""
     from kfp import compiler
 
-    from pipelines.training import training_pipeline
-    compiler.Compiler().compile(training_pipeline, package_path=str(out))
+    from pipelines.platform import TrainResources
+    from pipelines.training import build_pipeline
+    resources = TrainResources.from_config(cfg.train) if cfg else TrainResources()
+    compiler.Compiler().compile(build_pipeline(resources), package_path=str(out))
     return Path(out)

@@ -150,3 +150,26 @@ def mlflow_server(tmp_path_factory, s3_server):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow"), s3_server)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_bento(tmp_path_factory) -> dict:
+    """A bento of an untrained CMUNeXt-S at 64 px, packaged into its own state folder (no training: for tests of
+    serving under load, fuzzing and export, where the weights' quality does not matter). Returns package_model()'s
+    result plus `home` and `bentoml_home`; set BENTOML_HOME to `bentoml_home` to use its stores."""
+    from cmunext.engine.weights import save_weights
+    from cmunext.models import create_model
+    from cmunext.serving.package import package_model
+
+    home = tmp_path_factory.mktemp("tiny-bento")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CMUNEXT_HOME", str(home))
+        mp.setenv("BENTOML_HOME", str(home / "bentoml"))
+        for name in ("CMUNEXT_BENTO_MODEL", "CMUNEXT_API_TOKEN"):
+            mp.delenv(name, raising=False)
+        import torch
+        torch.manual_seed(0)
+        weights = save_weights(create_model("cmunext_s"), home / "model.safetensors", "cmunext_s", 64)
+        result = package_model(weights, model_name="cmunext-tiny", model_version=1, run_id="run-tiny",
+                               data_revision="rev-tiny", metrics={}, runs=3)
+    return {**result, "home": home, "bentoml_home": home / "bentoml", "weights": weights}

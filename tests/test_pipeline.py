@@ -124,16 +124,16 @@ def test_compiled_yaml_has_every_step_and_the_gate_condition(tmp_path):
     out = tmp_path / "pipeline.yaml"
     proc = cmunext(os.environ, "pipeline", "compile", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    spec = yaml.safe_load(out.read_text())
+    spec = next(yaml.safe_load_all(out.read_text()))
     executors = set(spec["deploymentSpec"]["executors"])
-    for step in ("validate-data", "preprocess-data", "train-model", "evaluate-model", "gate-model", "promote-model",
-                 "package-model"):
+    for step in ("check-changes", "validate-data", "preprocess-data", "train-model", "evaluate-model", "gate-model",
+                 "promote-model", "package-model"):
         assert f"exec-{step}" in executors
-    condition = spec["root"]["dag"]["tasks"]["condition-1"]["triggerPolicy"]["condition"]
-    assert "gate-model" in condition and "'promote'" in condition
+    gate = spec["components"]["comp-condition-1"]["dag"]["tasks"]["condition-2"]["triggerPolicy"]["condition"]
+    assert "gate-model" in gate and "'promote'" in gate
     params = spec["root"]["inputDefinitions"]["parameters"]
-    for name in ("data_revision", "variant", "image_size", "epochs", "batch_size", "lr", "seed", "min_iou",
-                 "max_latency_ms"):
+    for name in ("data_revision", "if_changed", "variant", "image_size", "epochs", "batch_size", "lr", "seed",
+                 "min_iou", "max_latency_ms"):
         assert name in params
 
 
@@ -176,3 +176,56 @@ def test_cmunext_serve_serves_the_champions_bento(first_run, env, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def test_if_changed_ends_quickly_when_nothing_changed(first_run, env, tmp_path):
+    """cron on one machine (`retrain --if-changed`) and a scheduled run (`pipeline run --if-changed`)."""
+    before = registry(env)
+    proc = cmunext(env, "retrain", "--if-changed", "--config", CI_TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "retrain: nothing to do: champion v1 was trained on this data" in proc.stdout
+    assert "Task" not in proc.stderr  # decided without starting the pipeline
+
+    summary_file = tmp_path / "summary.json"
+    proc = cmunext(env, "pipeline", "run", "--config", CI_TINY, "--if-changed", "--json", str(summary_file))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(summary_file.read_text())
+    assert summary["retrain_check"] == "skip" and summary["metrics"] is None and not summary["promoted"]
+    assert "retrain check : nothing to do" in proc.stdout
+    assert "train-model" not in proc.stderr and "Task validate-data" not in proc.stderr
+    assert registry(env) == before
+
+    import mlflow
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    checks = mlflow.search_runs(experiment_names=["cmunext"], filter_string="tags.retrain_decision = 'skip'")
+    assert sorted(checks["tags.retrain_source"]) == ["cli", "pipeline"]
+
+
+def test_if_changed_names_what_changed(first_run, env, monkeypatch):
+    import time
+
+    from cmunext.config import load_config
+    from cmunext.retrain import code_digest, decide
+    for key in ("CMUNEXT_HOME", "MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.setenv(key, env[key])
+    cfg = load_config(CI_TINY)
+    md5 = first_run[1]["data_md5"]
+    assert decide(cfg, md5)["decision"] == "skip"
+    new_data = decide(cfg, "0" * 32 + ".dir")
+    assert new_data["decision"] == "train" and new_data["reasons"][0].startswith("data changed")
+    new_code = decide(cfg, md5, code="f" * 16)
+    assert new_code["decision"] == "train" and new_code["reasons"][0].startswith("code changed")
+    assert code_digest() != "f" * 16
+    old = decide(cfg, md5, now=time.time() + 31 * 86400)
+    assert old["decision"] == "train" and "days old" in old["reasons"][0]
+
+
+def test_retrain_runs_when_the_champion_is_too_old(first_run, env):
+    before = registry(env)["champion"]["version"]
+    proc = cmunext(env, "retrain", "--if-changed", "--config", CI_TINY, "--set", "retrain.max_champion_age_days=1e-9")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "days old" in proc.stdout and "PROMOTED" in proc.stdout  # ci-tiny's gate is permissive
+    after = registry(env)
+    assert after["champion"]["version"] == str(int(before) + 1)
+    assert [h["event"] for h in after["history"]][-1] == "promoted"

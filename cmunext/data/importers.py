@@ -23,6 +23,7 @@ import io
 import os
 import re
 import shutil
+import stat
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -82,11 +83,28 @@ def _image_files(folder: Path, skipped: list[dict], src: Path) -> dict[str, Path
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append({"file": _rel(p, src), "reason": "not an image file"})
             continue
+        _check_file(p, src)
         if p.stem in files:
             raise DataError(f"{folder}: two files with stem {p.stem!r} ({files[p.stem].name}, {p.name}); "
                             "keep one")
         files[p.stem] = p
     return files
+
+
+def _check_file(path: Path, src: Path) -> None:
+    """Refuse what the validator refuses too: a symlink out of the source folder (it would import a file from
+    elsewhere) and anything but a regular file (opening a FIFO blocks forever)."""
+    try:
+        real = path.resolve(strict=True)
+        st = real.stat()
+    except FileNotFoundError:
+        raise DataError(f"{path}: broken symlink (its target does not exist)") from None
+    except (OSError, RuntimeError) as exc:  # symlink loops, permissions
+        raise DataError(f"{path}: cannot resolve path ({exc})") from None
+    if not real.is_relative_to(src.resolve()):
+        raise DataError(f"{path}: symlink leads outside the source folder (to {real}); refused")
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path}: not a regular file (a FIFO, socket or device); refused")
 
 
 def _rel(path: Path, src: Path) -> str:

@@ -125,6 +125,12 @@ async def _check_form(scope, body: bytes) -> str | None:
             return f"field '{FIELD}' must be a file upload, not a text value"
         if not value.size:
             return f"the uploaded file in field '{FIELD}' is empty"
+        # BentoML json-decodes every other part, and a non-UTF-8 one makes it answer 500 (found by fuzzing):
+        # the APIs take one file, so anything beside it is refused here
+        extra = sorted({k for k in form.keys() if k != FIELD})
+        if extra or len(form.getlist(FIELD)) > 1:
+            shown = ", ".join(repr(k) for k in extra[:5]) or f"a second '{FIELD}'"
+            return f"unexpected form field(s) {shown}: upload one image file in field '{FIELD}' and nothing else"
         return None
     finally:
         await form.close()

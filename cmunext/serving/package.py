@@ -18,6 +18,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from ..data.fingerprint import sha256_file
+from ..errors import CmunextError
 from ..paths import state_dir
 from .runtime import EXPORT_JSON, verify_artifact
 
@@ -31,6 +32,31 @@ SERVING_PACKAGES = ("onnxruntime", "numpy", "pillow", "opencv-python-headless")
 # the torch-free part of the project that the service imports, copied with its layout (so relative imports hold)
 _SOURCES = ("errors.py", "data/imageio.py", "data/fingerprint.py", "serving/__init__.py", "serving/service.py", "serving/runtime.py",
             "serving/guard.py", "serving/ui.py")
+
+
+class ExportError(CmunextError, RuntimeError):
+    """The bento was built but could not be written to its remote destination; the message names the endpoint."""
+
+
+def _export_failure(bento_tag: str, target: str, exc: Exception) -> ExportError:
+    """A message naming the destination, the S3 endpoint and the cause. botocore has already retried what is safe
+    to retry (connection errors, throttling, 5xx: AWS_MAX_ATTEMPTS, default 5, with backoff); refused credentials
+    and missing buckets are not retried."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS's default S3 endpoint"
+    text, name = str(exc), type(exc).__name__
+    if "Could not connect" in text or "EndpointConnection" in name or "ConnectTimeout" in name:
+        cause = "nothing answers there (after botocore's retries): is the S3 server running and the endpoint right?"
+    elif isinstance(exc, PermissionError) or any(k in text for k in ("InvalidAccessKeyId", "SignatureDoesNotMatch",
+                                                                      "AccessDenied", "Access Denied", "Forbidden")):
+        cause = "it refused the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment)"
+    elif "NoCredentials" in name or "Unable to locate credentials" in text:
+        cause = "no S3 credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+    elif isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text:
+        cause = "the bucket does not exist"
+    else:
+        cause = name
+    return ExportError(f"bento {bento_tag} was built (kept in {bentoml_home()}) but exporting it to {target} at "
+                       f"{endpoint} failed: {cause} ({name}: {text})")
 
 
 def bentoml_home() -> Path:
@@ -174,7 +200,12 @@ def package_model(weights: str | Path, *, model_name: str, model_version: str | 
         else:
             folder.parent.mkdir(parents=True, exist_ok=True)
             target = str(folder)
-    written = bentoml.export_bento(bento_tag, target, _bento_store=bento_store)
+    try:
+        written = bentoml.export_bento(bento_tag, target, _bento_store=bento_store)
+    except Exception as exc:  # a remote store's raw errors (a bare PermissionError for bad keys) name nothing
+        if "://" not in target:
+            raise
+        raise _export_failure(bento_tag, target, exc) from exc
     archive = f"{target.split('://', 1)[0]}://{written}" if "://" in target else str(Path(written).resolve())
     log.info("package: exported %s to %s", bento_tag, archive)
     return {"bento_tag": bento_tag, "model_tag": model_tag, "archive": archive, "format": info["format"],

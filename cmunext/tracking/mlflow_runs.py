@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -13,9 +14,41 @@ import numpy as np
 from mlflow.entities import Metric
 
 from ..config import RunConfig, config_to_dict, flatten
+from ..errors import CmunextError
 from ..paths import state_dir
 
 EXPERIMENT = "cmunext"
+
+
+class TrackingError(CmunextError):
+    """MLflow (or the artifact store behind it) failed; the message names the tracking URI and the likely cause."""
+
+
+def _explain(what: str, exc: Exception) -> str:
+    uri, text = tracking_uri(), str(exc)
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    if "error responses" in text or "error code 5" in text:
+        cause = ("the tracking server answered HTTP 5xx: for an artifact upload that means the server's artifact "
+                 "store (S3 or similar) is down or refuses the server's credentials; the server's log names it")
+    elif any(s in text for s in ("Connection refused", "Failed to establish", "Max retries exceeded",
+                                 "Read timed out", "Connection aborted", "RemoteDisconnected")):
+        cause = (f"the tracking server did not answer after {retries} retries with backoff "
+                 "(MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR): is it running? "
+                 "Training checkpoints are kept: run the step again to resume")
+    else:
+        cause = type(exc).__name__
+    return f"{what}: MLflow at {uri} failed ({cause}). {text}"
+
+
+@contextmanager
+def _tracking(what: str):
+    """Turn MLflow client errors (after its own retries) into one message naming the server and the cause."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except (mlflow.exceptions.MlflowException, OSError) as exc:
+        raise TrackingError(_explain(what, exc)) from exc
 
 
 def tracking_uri() -> str:
@@ -52,6 +85,11 @@ def git_commit(cwd: str | Path | None = None) -> str:
 def start(cfg: RunConfig, data_revision: str, data_md5: str, run_name: str | None = None,
           tags: dict | None = None) -> str:
     """Create the run and log what defines it; returns the run id."""
+    with _tracking("creating the MLflow run"):
+        return _start(cfg, data_revision, data_md5, run_name, tags)
+
+
+def _start(cfg: RunConfig, data_revision: str, data_md5: str, run_name: str | None, tags: dict | None) -> str:
     experiment_id = setup()
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
@@ -66,6 +104,28 @@ def start(cfg: RunConfig, data_revision: str, data_md5: str, run_name: str | Non
         mlflow.log_input(MetaDataset(source=source, name=f"{Path(cfg.data.source).name}@{data_revision}",
                                      digest=data_md5[:36]), context="training")
         return run.info.run_id
+
+
+def existing_run(run_id: str) -> str | None:
+    """RUN_ID if the tracking store has that run, else None (a step resuming in its own folder continues its run)."""
+    if not run_id:
+        return None
+    setup()
+    try:
+        return mlflow.MlflowClient().get_run(run_id).info.run_id
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def log_missing_epochs(run_id: str, history: list[dict]) -> list[int]:
+    """Log the epochs of HISTORY that the run lacks (cut off by an outage or a kill before a resume); returns them."""
+    client = mlflow.MlflowClient()
+    with _tracking(f"reading the epochs logged to run {run_id}"):
+        logged = {m.step for m in client.get_metric_history(run_id, "val_iou")}
+    missing = [h for h in history if int(h["epoch"]) not in logged]
+    for h in missing:
+        log_metrics(run_id, {k: v for k, v in h.items() if k != "epoch"}, step=int(h["epoch"]), client=client)
+    return [int(h["epoch"]) for h in missing]
 
 
 class EpochLogger:
@@ -87,7 +147,7 @@ def log_model(run_id: str, weights: str | Path, image_size: int, in_channels: in
 
     example = np.zeros((2, in_channels, image_size, image_size), np.float32)  # batch 2: no frozen batch dim
     signature = infer_signature(example, np.zeros((2, 1, image_size, image_size), np.float32))
-    with mlflow.start_run(run_id=run_id):
+    with _tracking(f"logging the model of run {run_id}"), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=pyfunc_model.__file__, artifacts={"weights": str(weights)},
             code_paths=[str(Path(cmunext.__file__).parent)], signature=signature, input_example=example,
@@ -103,23 +163,25 @@ def _requirements() -> list[str]:
 
 
 def log_pictures(run_id: str, files: dict[str, str | Path]) -> None:
-    with mlflow.start_run(run_id=run_id):
+    with _tracking(f"uploading pictures of run {run_id}"), mlflow.start_run(run_id=run_id):
         for folder, path in files.items():
             mlflow.log_artifact(str(path), artifact_path=folder)
 
 
 def log_json(run_id: str, data: dict, name: str) -> None:
-    with mlflow.start_run(run_id=run_id):
+    with _tracking(f"uploading {name} of run {run_id}"), mlflow.start_run(run_id=run_id):
         mlflow.log_dict(data, name)
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, client=None) -> None:
     ts = int(time.time() * 1000)
-    (client or mlflow.MlflowClient()).log_batch(
-        run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+    with _tracking(f"logging metrics of run {run_id} (step {step})"):
+        (client or mlflow.MlflowClient()).log_batch(
+            run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
 
 
 def set_tags(run_id: str, tags: dict[str, object]) -> None:
     client = mlflow.MlflowClient()
-    for k, v in tags.items():
-        client.set_tag(run_id, k, v if isinstance(v, str) else json.dumps(v))
+    with _tracking(f"tagging run {run_id}"):
+        for k, v in tags.items():
+            client.set_tag(run_id, k, v if isinstance(v, str) else json.dumps(v))

