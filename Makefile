@@ -7,7 +7,7 @@ export BENTOML_DO_NOT_TRACK := True
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: install browser demo test test-all bench clean-state
+.PHONY: install browser demo test test-fast bench bench-full clean-state
 
 install: $(STAMP)
 
@@ -36,8 +36,12 @@ test: install browser
 test-all: install browser
 	$(BIN)/python -m pytest
 
+# A few minutes; results in benchmarks/out/ (results.md is the README's table). bench-full: about an hour.
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+bench-full: install
+	$(BIN)/python benchmarks/run_all.py --full
 
 clean-state:
 	rm -rf .cmunext

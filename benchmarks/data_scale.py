@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--dataset", action="append", default=[], help="also measure this dataset folder")
     ap.add_argument("--work", default="/tmp/cmunext-scale")
     ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     work = Path(args.work)
     rows = []
@@ -57,10 +58,15 @@ def main() -> None:
         targets.append((f"synthetic {n}", folder))
     for name, folder in targets:
         r = measure(folder, work / f"out-{folder.name}", args.image_size)
-        rows.append({"dataset": name, **r})
+        n_images = len(list((folder / "masks").iterdir()))
+        r["ms_per_image"] = round(1000 * (r["validate_s"] + r["split_preprocess_s"]) / n_images, 2)
+        rows.append({"dataset": name, "images": n_images, **r})
         print(f"{name:>16}: validate {r['validate_s']:.1f} s, split+preprocess {r['split_preprocess_s']:.1f} s, "
-              f"process wall {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+              f"({r['ms_per_image']:.1f} ms/image), process wall {r['wall_s']:.1f} s, peak RSS "
+              f"{r['peak_rss_mib']:.0f} MiB", flush=True)
     (work / "data_scale.json").write_text(json.dumps(rows, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

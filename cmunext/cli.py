@@ -288,6 +288,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.what == "inference":
+        from .serving import bench_inference
+        return bench_inference.main(args.args)
     from .serving import bench
     return bench.main(args.args)
 
@@ -423,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks, as ratios against a baseline run in the same process")
-    p.add_argument("what", choices=["serving"])
+    p.add_argument("what", choices=["inference", "serving"])
     p.add_argument("args", nargs=argparse.REMAINDER, help="options of the benchmark (see --help after the name)")
     p.set_defaults(func=cmd_bench)
     return parser

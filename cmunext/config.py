@@ -78,6 +78,12 @@ class EvalConfig(_Section):
     latency_warmup: int = Field(5, ge=0)
     bootstrap: int = Field(1000, ge=100)
     gallery_size: int = Field(4, ge=0)
+    # Reduced precision: quantise the served artifact to int8 (calibrated on training images) and ship it
+    # only if its test IoU drops by <= int8_max_iou_drop and it is >= int8_min_speedup times as fast.
+    int8: bool = False
+    int8_max_iou_drop: float = Field(0.005, ge=0, le=1)
+    int8_min_speedup: float = Field(1.0, ge=0)
+    int8_calibration_images: int = Field(32, ge=1)
 
 
 class GateConfig(_Section):

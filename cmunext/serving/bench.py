@@ -44,10 +44,10 @@ def random_weights(variant: str, image_size: int, out: Path, seed: int = 0) -> P
 
 
 def _summary(latencies: list[float], elapsed: float, errors: int) -> dict:
-    q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else latencies * 19
+    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
     return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 2),
             "rps": round(len(latencies) / elapsed, 2), "p50_ms": round(statistics.median(latencies) * 1000, 1),
-            "p95_ms": round(q[18] * 1000, 1)}
+            "p95_ms": round(q[94] * 1000, 1), "p99_ms": round(q[98] * 1000, 1)}
 
 
 def http_load(url: str, data: bytes, clients: int, per_client: int, route: str = "/segment") -> dict:
@@ -177,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="a weights file instead of random-init VARIANT")
     parser.add_argument("--per-client", type=int, default=20)
     parser.add_argument("--export-runs", type=int, default=10)
+    parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
     result = bench_serving(args.variant, args.size, weights=args.weights, per_client=args.per_client,
                            export_runs=args.export_runs)
     print(json.dumps(result, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
 
 
