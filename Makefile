@@ -29,12 +29,13 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium not installed: the serving page test will skip"; }
 
-# The test suite CI runs: unit tests and integration tests with real services; BUSI tests skip if absent.
+# The test suite CI runs: unit tests, integration tests with real services, and the slow fault and load
+# tests (marked `slow`); BUSI tests skip if the dataset is absent. test-fast leaves the slow ones out.
 test: install browser
-	$(BIN)/python -m pytest -m "not slow"
-
-test-all: install browser
 	$(BIN)/python -m pytest
+
+test-fast: install browser
+	$(BIN)/python -m pytest -m "not slow"
 
 # A few minutes; results in benchmarks/out/ (results.md is the README's table). bench-full: about an hour.
 bench: install

@@ -1,5 +1,6 @@
-"""The demo pipeline's wall time per step, the overhead outside training and evaluation compute, and the
-cached re-run, each in a fresh private state folder (nothing of the project's own .cmunext is touched).
+"""The demo pipeline's wall time per step, the overhead outside training and evaluation compute, and two
+re-runs: right after the first promoted (evaluate, gate, promote and package run again, against the new
+champion) and then fully cached. In a fresh private state folder (the project's .cmunext is not touched).
 
 Per-step times come from kfp.local's log ("Executing task ..." / "Task ... finished"); the training
 compute is the sum of the epochs' times from the train step's metrics.json; the evaluation compute is the
@@ -61,6 +62,8 @@ def main() -> None:
         env.pop("MLFLOW_TRACKING_URI", None)
         first_wall, first_steps, summary = run(args.config, env, Path(tmp) / "first.json")
         metrics = json.loads(next(Path(summary["outputs"]).glob("train-model/model/metrics.json")).read_text())
+        # the second run re-decides evaluate/gate/promote against the champion the first one made
+        second_wall, second_steps, _ = run(args.config, env, Path(tmp) / "second.json")
         cached_wall, cached_steps, _ = run(args.config, env, Path(tmp) / "cached.json")
     train_compute = sum(e["epoch_seconds"] for e in metrics["history"])
     eval_compute = first_steps.get("evaluate-model", 0.0)
@@ -69,6 +72,7 @@ def main() -> None:
         "train_compute_s": round(train_compute, 1), "evaluate_s": eval_compute,
         "overhead_s": round(first_wall - train_compute - eval_compute, 1),
         "overhead_share": round((first_wall - train_compute - eval_compute) / first_wall, 3),
+        "rerun_after_promotion_s": round(second_wall, 1), "rerun_after_promotion_steps_s": second_steps,
         "cached_rerun_s": round(cached_wall, 1), "cached_steps_s": cached_steps,
         "cached_vs_first": round(cached_wall / first_wall, 3), "promoted": summary["promoted"],
     }

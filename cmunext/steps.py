@@ -139,6 +139,29 @@ def _score(cfg: RunConfig, weights: Path, data_dir: Path, stems: list[str], work
     return rows, lat, predictor
 
 
+def _consider_int8(cfg: RunConfig, artifact: Path, data_dir: Path, preprocessed_dir: Path, stems: list[str],
+                   rows: list[dict]) -> dict:
+    import numpy as np
+
+    from .serving.quantize import consider_int8
+    train = json.loads((preprocessed_dir / "splits.json").read_text())["train"][: cfg.eval.int8_calibration_images]
+    return consider_int8(artifact, data_dir, stems, train, float(np.mean([r["iou"] for r in rows])),
+                         threshold=cfg.eval.threshold, max_iou_drop=cfg.eval.int8_max_iou_drop,
+                         min_speedup=cfg.eval.int8_min_speedup)
+
+
+def _artifact_latency(cfg: RunConfig, artifact: Path) -> dict:
+    import numpy as np
+
+    from .evaluation import latency_ms
+    from .serving.runtime import OnnxModel
+    model = OnnxModel(artifact)
+    x = np.zeros((1, model.channels, model.size, model.size), np.float32)
+    lat = latency_ms(lambda: model.probabilities(x), cfg.eval.latency_runs, cfg.eval.latency_warmup)
+    lat["artifact"] = f"onnxruntime:{model.info['format']}"
+    return lat
+
+
 def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preprocessed_dir: str | Path,
              out_dir: str | Path, run_id: str | None = None) -> dict:
     """Score the test split; score the champion on the same images and machine when there is one."""
@@ -152,11 +175,16 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
     if not stems:
         raise StepFailed("the test split is empty: raise data.split_ratios[2] or add data")
     rows, lat, predictor = _score(cfg, Path(weights), data_dir, stems, out_dir / "artifact")
+    int8 = None
+    if cfg.eval.int8:  # may replace the artifact the package step ships, so the latency is measured after it
+        int8 = _consider_int8(cfg, out_dir / "artifact", data_dir, Path(preprocessed_dir), stems, rows)
+        if int8["shipped"] == "int8":
+            lat = _artifact_latency(cfg, out_dir / "artifact")
     size = cfg.data.image_size
     evaluation = {
         "images": len(rows), "split": "test", "metrics": summarize(rows, cfg.eval.bootstrap), "latency": lat,
         "params": count_parameters(predictor.model), "macs": count_macs(predictor.model, size, size),
-        "image_size": size, "per_image": rows, "champion": None,
+        "image_size": size, "per_image": rows, "champion": None, "int8": int8,
     }
     found = _champion_weights(cfg.registry.model_name, out_dir / "champion")
     if found is not None:

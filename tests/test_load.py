@@ -36,10 +36,13 @@ pytestmark = pytest.mark.timeout(600)
 
 ROUTES = ("/segment", "/segment_json", "/overlay")
 LOAD_SECONDS, CONCURRENCY = 60, 16
-# the bound the load test enforces: the whole process tree (arbiter, HTTP front worker, model worker) in RSS,
-# summed (an over-estimate: shared pages count once per process)
-RSS_BOUND_MIB = 1536
-RSS_GROWTH_BOUND_MIB = 150  # last 10 s of load against the first 10 s after warm-up
+# The bound the load test enforces: the whole process tree (arbiter, HTTP front worker, model worker) in RSS,
+# summed (an over-estimate: shared pages count once per process). Measured (docs/reliability.md): the front
+# worker grows ~60 KB per request until Python's first full garbage collection, then levels off (~440 MiB after
+# ~4,500 requests in a 180 s run; the tree at ~770 MiB); two thirds of that growth goes with a gc.collect()
+# every 2 s, so it is cyclic garbage, not a leak. The growth bound catches a leak twice today's rate.
+RSS_BOUND_MIB = 1024
+RSS_GROWTH_BOUND_MIB = 300  # mean of the last 10 s of load minus the mean of the first 10 s
 
 
 def _png(array: np.ndarray, **kw) -> bytes:
@@ -215,7 +218,7 @@ def test_load_60s_at_concurrency_16(server, uploads, tmp_path_factory):
 
 # ---- fuzzing ----------------------------------------------------------------------------------------------
 
-MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16")
+MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
 
 
 @st.composite
@@ -265,6 +268,8 @@ CTYPES = st.sampled_from(["image/png", "image/jpeg", "application/octet-stream",
                           "multipart/form-data", "image/png; charset=utf-8"])
 FIELDS = st.sampled_from(["image", "image", "image", "file", "images", "IMAGE", "", "image[]"])
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+# what http.client can put in a header: latin-1 without control characters
+header_texts = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40)
 
 
 @st.composite
@@ -273,8 +278,8 @@ def requests_kw(draw) -> dict:
     shape = draw(st.sampled_from(["multipart", "multipart", "multipart", "raw"]))
     if shape == "raw":
         body = draw(st.one_of(st.binary(max_size=2048), pictures(), MAGIC.map(lambda m: m + b"\0" * 16)))
-        ctype = draw(st.one_of(CTYPES, st.just("multipart/form-data; boundary=") .map(lambda s: s + "xyz"),
-                               texts.map(lambda t: "multipart/form-data; boundary=" + t)))
+        ctype = draw(st.one_of(CTYPES, st.just("multipart/form-data; boundary=").map(lambda s: s + "xyz"),
+                               header_texts.map(lambda t: "multipart/form-data; boundary=" + t)))
         headers = {"Content-Type": ctype} if ctype else {}
         return {"data": body, "headers": headers}
     content = draw(st.one_of(pictures(), st.binary(max_size=2048),
@@ -288,7 +293,7 @@ def requests_kw(draw) -> dict:
     return {"files": files}
 
 
-FUZZ_EXAMPLES = 250
+FUZZ_EXAMPLES = 600
 _fuzz_stats = {"sent": 0, "by_status": {}}
 
 

@@ -38,13 +38,19 @@ def matmul_gflops(threads: int, n: int = 2048, runs: int = 7) -> float:
 
 
 def cpu_name() -> str:
+    """The CPU model and its widest vector extensions (what the GEMM rate depends on)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    simd = [label for flag, label in (("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"), ("amx_tile", "AMX"),
+                                      ("avx2", "AVX2")) if flag in flags]
+    if "AVX-512" in simd and "AVX2" in simd:
+        simd.remove("AVX2")
+    return f"{name} ({', '.join(simd)})" if simd else name
 
 
 def bench_inference(variant: str = "cmunext", batch: int = 1, image_size: int = 256, *, runs: int = 20,

@@ -137,6 +137,34 @@ def _reusable_export(folder, weights) -> dict | None:
     return info
 
 
+def export_archive(bento_tag: str, export_to: str | None = None) -> str:
+    """Export BENTO_TAG as a .bento archive to <state>/bentos/, a folder, a file path or an s3:// URL (credentials
+    and endpoint from the environment); returns where it went. A remote failure raises ExportError."""
+    import bentoml
+
+    _, bento_store = stores()
+    if export_to is not None and "://" in export_to:
+        target = export_to  # e.g. s3://bucket/prefix/ (credentials and endpoint from the environment)
+    else:  # bentoml export with a relative path writes under / : always pass an absolute one
+        folder = Path(export_to or state_dir() / "bentos").expanduser().resolve()
+        if export_to is None or export_to.endswith(("/", os.sep)) or folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            target = str(folder) + "/"
+        else:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            target = str(folder)
+    if "://" in target:  # fsspec caches filesystems by their arguments: without this, a process would keep the
+        import fsspec     # endpoint and keys of its first export instead of reading the environment each time
+        fsspec.get_filesystem_class(target.split("://", 1)[0]).clear_instance_cache()
+    try:
+        written = bentoml.export_bento(bento_tag, target, _bento_store=bento_store)
+    except Exception as exc:  # a remote store's raw errors (a bare PermissionError for bad keys) name nothing
+        if "://" not in target:
+            raise
+        raise _export_failure(bento_tag, target, exc) from exc
+    return f"{target.split('://', 1)[0]}://{written}" if "://" in target else str(Path(written).resolve())
+
+
 def package_model(weights: str | Path, *, model_name: str, model_version: str | int, run_id: str,
                   data_revision: str, metrics: dict, export_to: str | None = None, tolerance: float = 1e-4,
                   runs: int = 30, exported: str | Path | None = None) -> dict:
@@ -153,7 +181,7 @@ def package_model(weights: str | Path, *, model_name: str, model_version: str | 
     home = bentoml_home()
     import bentoml
 
-    model_store, bento_store = stores()
+    model_store, _ = stores()
     labels = {"mlflow_model": str(model_name), "mlflow_version": str(model_version), "run_id": str(run_id),
               "data_revision": str(data_revision)}
     with tempfile.TemporaryDirectory(prefix="cmunext-package-", dir=home / "tmp") as tmp:
@@ -190,23 +218,7 @@ def package_model(weights: str | Path, *, model_name: str, model_version: str | 
         }, home)
     log.info("package: bento %s", bento_tag)
 
-    if export_to is not None and "://" in export_to:
-        target = export_to  # e.g. s3://bucket/prefix/ (credentials and endpoint from the environment)
-    else:  # bentoml export with a relative path writes under / : always pass an absolute one
-        folder = Path(export_to or state_dir() / "bentos").expanduser().resolve()
-        if export_to is None or export_to.endswith(("/", os.sep)) or folder.is_dir():
-            folder.mkdir(parents=True, exist_ok=True)
-            target = str(folder) + "/"
-        else:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            target = str(folder)
-    try:
-        written = bentoml.export_bento(bento_tag, target, _bento_store=bento_store)
-    except Exception as exc:  # a remote store's raw errors (a bare PermissionError for bad keys) name nothing
-        if "://" not in target:
-            raise
-        raise _export_failure(bento_tag, target, exc) from exc
-    archive = f"{target.split('://', 1)[0]}://{written}" if "://" in target else str(Path(written).resolve())
+    archive = export_archive(bento_tag, export_to)
     log.info("package: exported %s to %s", bento_tag, archive)
     return {"bento_tag": bento_tag, "model_tag": model_tag, "archive": archive, "format": info["format"],
             "sha256": info["sha256"], "max_abs_diff": info["max_abs_diff"], "candidates_ms": metadata["candidates_ms"]}

@@ -121,7 +121,10 @@ ui = Starlette(routes=[
 
 
 @bentoml.asgi_app(ui, path="/")
-@bentoml.service(workers=1, traffic={"timeout": 120, "max_concurrency": 64})
+# BentoML's access log decodes the request's Content-Type as UTF-8 after the response headers went out: a
+# non-UTF-8 byte there broke the connection mid-response (found by fuzzing), so that field is not logged
+@bentoml.service(workers=1, traffic={"timeout": 120, "max_concurrency": 64},
+                 logging={"access": {"request_content_type": False}})
 class Segmenter:
     bento_model = bentoml.models.BentoModel(MODEL_TAG)
     model = bentoml.depends(SegmentationModel)

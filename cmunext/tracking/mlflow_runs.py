@@ -24,12 +24,25 @@ class TrackingError(CmunextError):
     """MLflow (or the artifact store behind it) failed; the message names the tracking URI and the likely cause."""
 
 
-def _explain(what: str, exc: Exception) -> str:
+def _answers(uri: str) -> bool:
+    """Whether an MLflow server at URI answers its health check now."""
+    if not uri.startswith(("http://", "https://")):
+        return False
+    import requests
+    try:
+        return requests.get(uri.rstrip("/") + "/health", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _explain(what: str, exc: Exception, artifacts: bool = False) -> str:
     uri, text = tracking_uri(), str(exc)
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
-    if "error responses" in text or "error code 5" in text:
-        cause = ("the tracking server answered HTTP 5xx: for an artifact upload that means the server's artifact "
-                 "store (S3 or similar) is down or refuses the server's credentials; the server's log names it")
+    if artifacts and _answers(uri):  # the server is up: what failed is the store it proxies artifacts to
+        cause = ("the tracking server answers, but storing the artifact behind it failed: its artifact store "
+                 "(S3 or similar) is down or refuses the server's credentials; the server's log names which")
+    elif "error responses" in text or "error code 5" in text:
+        cause = "the tracking server answered HTTP 5xx; its log says why"
     elif any(s in text for s in ("Connection refused", "Failed to establish", "Max retries exceeded",
                                  "Read timed out", "Connection aborted", "RemoteDisconnected")):
         cause = (f"the tracking server did not answer after {retries} retries with backoff "
@@ -41,14 +54,14 @@ def _explain(what: str, exc: Exception) -> str:
 
 
 @contextmanager
-def _tracking(what: str):
+def _tracking(what: str, artifacts: bool = False):
     """Turn MLflow client errors (after its own retries) into one message naming the server and the cause."""
     try:
         yield
     except TrackingError:
         raise
     except (mlflow.exceptions.MlflowException, OSError) as exc:
-        raise TrackingError(_explain(what, exc)) from exc
+        raise TrackingError(_explain(what, exc, artifacts)) from exc
 
 
 def tracking_uri() -> str:
@@ -147,7 +160,7 @@ def log_model(run_id: str, weights: str | Path, image_size: int, in_channels: in
 
     example = np.zeros((2, in_channels, image_size, image_size), np.float32)  # batch 2: no frozen batch dim
     signature = infer_signature(example, np.zeros((2, 1, image_size, image_size), np.float32))
-    with _tracking(f"logging the model of run {run_id}"), mlflow.start_run(run_id=run_id):
+    with _tracking(f"logging the model of run {run_id}", artifacts=True), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=pyfunc_model.__file__, artifacts={"weights": str(weights)},
             code_paths=[str(Path(cmunext.__file__).parent)], signature=signature, input_example=example,
@@ -163,13 +176,13 @@ def _requirements() -> list[str]:
 
 
 def log_pictures(run_id: str, files: dict[str, str | Path]) -> None:
-    with _tracking(f"uploading pictures of run {run_id}"), mlflow.start_run(run_id=run_id):
+    with _tracking(f"uploading pictures of run {run_id}", artifacts=True), mlflow.start_run(run_id=run_id):
         for folder, path in files.items():
             mlflow.log_artifact(str(path), artifact_path=folder)
 
 
 def log_json(run_id: str, data: dict, name: str) -> None:
-    with _tracking(f"uploading {name} of run {run_id}"), mlflow.start_run(run_id=run_id):
+    with _tracking(f"uploading {name} of run {run_id}", artifacts=True), mlflow.start_run(run_id=run_id):
         mlflow.log_dict(data, name)
 
 
