@@ -60,6 +60,7 @@ def test_first_run_promotes_and_tracks_everything(first_run, env):
 
     import mlflow
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])  # an earlier test in this process may have set another
     os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")})
     run_info = mlflow.get_run(champ["run_id"])
     assert run_info.data.params["model.variant"] == "cmunext_s"
@@ -197,6 +198,7 @@ def test_if_changed_ends_quickly_when_nothing_changed(first_run, env, tmp_path):
 
     import mlflow
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])  # an earlier test in this process may have set another
     checks = mlflow.search_runs(experiment_names=["cmunext"], filter_string="tags.retrain_decision = 'skip'")
     assert sorted(checks["tags.retrain_source"]) == ["cli", "pipeline"]
 

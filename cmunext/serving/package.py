@@ -142,7 +142,7 @@ def export_archive(bento_tag: str, export_to: str | None = None) -> str:
     and endpoint from the environment); returns where it went. A remote failure raises ExportError."""
     import bentoml
 
-    _, bento_store = stores()
+    model_store, bento_store = stores()
     if export_to is not None and "://" in export_to:
         target = export_to  # e.g. s3://bucket/prefix/ (credentials and endpoint from the environment)
     else:  # bentoml export with a relative path writes under / : always pass an absolute one
@@ -156,8 +156,12 @@ def export_archive(bento_tag: str, export_to: str | None = None) -> str:
     if "://" in target:  # fsspec caches filesystems by their arguments: without this, a process would keep the
         import fsspec     # endpoint and keys of its first export instead of reading the environment each time
         fsspec.get_filesystem_class(target.split("://", 1)[0]).clear_instance_cache()
+    from bentoml._internal.configuration.containers import BentoMLContainer
     try:
-        written = bentoml.export_bento(bento_tag, target, _bento_store=bento_store)
+        # the export copies the bento's models from the container's model store, which bentoml fixed at this
+        # process's first use: point it at this home's store, or a second home's models are "not found"
+        with BentoMLContainer.model_store.patch(model_store):
+            written = bentoml.export_bento(bento_tag, target, _bento_store=bento_store)
     except Exception as exc:  # a remote store's raw errors (a bare PermissionError for bad keys) name nothing
         if "://" not in target:
             raise
