@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import load_config
 from .errors import CmunextError
+from .serving.guard import TokenMissing
 
 log = logging.getLogger("cmunext")
 
@@ -243,7 +244,15 @@ def cmd_registry_show(args) -> int:
           f"test IoU {champ['tags'].get('test_iou', '?')}, p95 {champ['tags'].get('latency_p95_ms', '?')} ms)"
           if champ else "none"))
     for h in info["history"][-10:]:
-        print(f"  {h['at']}  {h['event']:<12} v{h['version']} (replaced {h['replaced'] or '-'}): {h['reason'][:90]}")
+        what = f"v{h['version']} (replaced {h['replaced'] or '-'})" if h["version"] else f"run {h.get('run_id', '?')[:12]}"
+        print(f"  {h['at']}  {h['event']:<12} {what} by {h.get('user') or '-'}: {h['reason'][:90]}")
+    return 0
+
+
+def cmd_registry_users_apply(args) -> int:
+    from .tracking import users
+    for line in users.apply(args.file):
+        print(line)
     return 0
 
 
@@ -282,7 +291,11 @@ def cmd_serve(args) -> int:
             target = find_bento(version, name)
         except LookupError as exc:
             raise registry.RegistryError(str(exc)) from None
-    print(f"serving {target} on http://{args.host}:{args.port}/", flush=True)
+    from .serving.guard import api_token
+    token = api_token()  # a required but missing token stops here, with the reason
+    print(f"serving {target} on http://{args.host}:{args.port}/; the API "
+          + ("requires 'Authorization: Bearer <CMUNEXT_API_TOKEN>'" if token else
+             "is open: no token required (set CMUNEXT_API_TOKEN to require one)"), flush=True)
     serve(target, host=args.host, port=args.port)
     return 0
 
@@ -416,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("promote", "rollback"):
             p.add_argument("--reason", required=name == "promote", default="manual rollback")
         p.set_defaults(func=func)
+    users = rsub.add_parser("users", help="MLflow users and their permissions (a server with authentication)")
+    usub = users.add_subparsers(dest="users_command", required=True)
+    p = usub.add_parser("apply", help="create the users of FILE and grant their roles (idempotent; as an MLflow admin)")
+    p.add_argument("file", help="YAML: experiment, model, users (name, role, password_env); see infra/mlflow/users.yaml")
+    p.set_defaults(func=cmd_registry_users_apply)
 
     p = sub.add_parser("serve", help="serve the champion's bento (or a chosen version) with BentoML")
     p.add_argument("--model", default="champion", help="champion, an MLflow version number, or a bento/model tag")
@@ -442,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
-    except (CmunextError, FileNotFoundError, ValueError) as exc:
+    except (CmunextError, FileNotFoundError, ValueError, TokenMissing) as exc:
         print(f"cmunext: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

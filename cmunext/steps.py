@@ -215,8 +215,11 @@ def gate(cfg: RunConfig, evaluation: dict, run_id: str | None = None) -> dict:
     from .gate import decide
     decision = decide(evaluation, cfg.gate)
     if run_id:
-        from .tracking import mlflow_runs
-        mlflow_runs.set_tags(run_id, {"gate_decision": decision["decision"], "gate_reasons": decision["reasons"]})
+        from .tracking import access, mlflow_runs, registry
+        mlflow_runs.set_tags(run_id, {"gate_decision": decision["decision"], "gate_reasons": decision["reasons"],
+                                      "gate_decided_by": access.actor()})
+        if decision["decision"] == "reject":  # a promotion is recorded by the promote step, with its version
+            registry.record_rejection(cfg.registry.model_name, run_id, decision["reasons"])
     return decision
 
 

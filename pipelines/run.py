@@ -47,6 +47,9 @@ def run_pipeline(config: str | Path | None, overrides: list[str] | None = None, 
     from pipelines.training import training_pipeline
 
     cfg = load_config(config, overrides)
+    if os.environ.get("MLFLOW_TRACKING_URI"):  # a server: refused credentials or permissions stop the run here,
+        from cmunext.tracking import access     # before anything is written
+        access.require_pipeline(os.environ["MLFLOW_TRACKING_URI"], mlflow_runs.EXPERIMENT, cfg.registry.model_name)
     os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_runs.tracking_uri())
     os.environ["CMUNEXT_HOME"] = str(state_dir())
     os.environ.setdefault("TQDM_DISABLE", "1")  # step logs are captured line by line

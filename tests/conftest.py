@@ -113,21 +113,38 @@ busi = pytest.mark.skipif(not (BUSI / "images").is_dir(), reason=f"BUSI dataset 
 
 
 class MlflowServer:
-    """A real `mlflow server` process: SQLite backend, artifacts proxied to an S3 bucket."""
+    """A real `mlflow server` process: SQLite backend, artifacts proxied to an S3 bucket. With `admin`
+    (username, password) it runs MLflow's basic-auth app with the project's auth settings
+    (infra/mlflow/basic_auth.ini: default permission none), its user tables in the work folder."""
 
-    def __init__(self, workdir: Path, s3: S3Server, bucket: str = "mlflow-artifacts") -> None:
+    def __init__(self, workdir: Path, s3: S3Server, bucket: str = "mlflow-artifacts",
+                 admin: tuple[str, str] | None = None) -> None:
         s3.make_bucket(bucket)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.workdir, self.s3, self.bucket = workdir, s3, bucket
+        self.workdir, self.s3, self.bucket, self.admin = workdir, s3, bucket, admin
         self.proc = None
         self.start()
 
+    def _auth_env(self) -> dict[str, str]:
+        ini = (ROOT / "infra" / "mlflow" / "basic_auth.ini").read_text()
+        ini = ini.replace("sqlite:///basic_auth.db", f"sqlite:///{self.workdir / 'basic_auth.db'}")
+        (self.workdir / "basic_auth.ini").write_text(ini)
+        return {"MLFLOW_AUTH_CONFIG_PATH": str(self.workdir / "basic_auth.ini"),
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex(),
+                "MLFLOW_AUTH_ADMIN_USERNAME": self.admin[0], "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin[1]}
+
     def start(self) -> None:
         env = {**os.environ, **self.s3.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            env.pop(key, None)
+        app = []
+        if self.admin:
+            env.update(self._auth_env())
+            app = ["--app-name", "basic-auth"]
         self._log = open(self.workdir / "mlflow-server.log", "ab")
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+            [str(VENV_BIN / "mlflow"), "server", *app, "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
              "--artifacts-destination", f"s3://{self.bucket}/artifacts", "--serve-artifacts", "--workers", "1"],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

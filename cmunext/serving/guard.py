@@ -10,7 +10,27 @@ import hmac
 import json
 import typing as t
 
+import os
+
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/health"})
+MIN_TOKEN_CHARS = 16
+PLACEHOLDERS = frozenset({"CHANGE_ME", "changeme", "token"})
+
+
+class TokenMissing(RuntimeError):
+    pass
+
+
+def api_token(env: t.Mapping[str, str] = os.environ) -> str | None:
+    """The bearer token the API requires, or None (open). With CMUNEXT_REQUIRE_TOKEN=true (the Kubernetes
+    Deployment sets it) a missing, placeholder or short token refuses the start instead of serving openly."""
+    token = (env.get("CMUNEXT_API_TOKEN") or "").strip() or None
+    required = (env.get("CMUNEXT_REQUIRE_TOKEN") or "").strip().lower() in ("1", "true", "yes")
+    if required and (token is None or token in PLACEHOLDERS or len(token) < MIN_TOKEN_CHARS):
+        raise TokenMissing("CMUNEXT_REQUIRE_TOKEN is set but CMUNEXT_API_TOKEN is "
+                           + ("missing" if token is None else "a placeholder or shorter than 16 characters")
+                           + ": refusing to serve without authentication (Secret cmunext-serving, key CMUNEXT_API_TOKEN)")
+    return token
 PAGE_PATHS = frozenset({"/", "/ui", "/ui/demo.png"})  # static page + demo image: no data, so no token
 FIELD = "image"
 

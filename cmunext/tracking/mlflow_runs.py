@@ -16,6 +16,7 @@ from mlflow.entities import Metric
 from ..config import RunConfig, config_to_dict, flatten
 from ..errors import CmunextError
 from ..paths import state_dir
+from . import access
 
 EXPERIMENT = "cmunext"
 
@@ -37,6 +38,9 @@ def _answers(uri: str) -> bool:
 
 def _explain(what: str, exc: Exception, artifacts: bool = False) -> str:
     uri, text = tracking_uri(), str(exc)
+    refused = access.explain(exc, uri, what)  # 401/403: credentials or permissions, not an outage
+    if refused:
+        return refused
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
     if artifacts and _answers(uri):  # the server is up: what failed is the store it proxies artifacts to
         cause = ("the tracking server answers, but storing the artifact behind it failed: its artifact store "
@@ -123,7 +127,8 @@ def existing_run(run_id: str) -> str | None:
     """RUN_ID if the tracking store has that run, else None (a step resuming in its own folder continues its run)."""
     if not run_id:
         return None
-    setup()
+    with _tracking(f"looking up run {run_id}"):
+        setup()
     try:
         return mlflow.MlflowClient().get_run(run_id).info.run_id
     except mlflow.exceptions.MlflowException:
