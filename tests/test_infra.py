@@ -34,6 +34,8 @@ CONTRACT = {
     ("Secret", "cmunext-mlflow"): {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"},
     ("Secret", "cmunext-serving"): {"CMUNEXT_API_TOKEN"},
     ("Secret", "cmunext-postgres"): {"POSTGRES_USER", "POSTGRES_PASSWORD"},
+    ("Secret", "cmunext-mlflow-admin"): {"MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                                         "MLFLOW_FLASK_SERVER_SECRET_KEY"},
     ("ConfigMap", "cmunext-endpoints"): {"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"},
 }
 ENDPOINTS = {"MLFLOW_TRACKING_URI": "http://mlflow.cmunext.svc.cluster.local:5000",
@@ -400,7 +402,168 @@ def test_mlflow_server_settings():
     assert "mlflow.cmunext.svc.cluster.local:*" in hosts and "localhost:*" in hosts
     env = {e["name"]: e for e in c["env"]}
     assert env["MLFLOW_S3_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["name"] == "cmunext-endpoints"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"  # open on the basic-auth app too
+
+
+def test_mlflow_requires_a_login():
+    """basic-auth on, the admin from a Secret, no permission for anyone without a grant; the auth settings file
+    (which holds the database password) is written at start into memory, not baked into the image."""
+    dep = next(d for d in objects("Deployment") if d["metadata"]["name"] == "mlflow")
+    spec = dep["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert "--app-name=basic-auth" in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    for key in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "cmunext-mlflow-admin", "key": key}
+    (init,) = spec["initContainers"]
+    script = init["args"][0]
+    ini = env["MLFLOW_AUTH_CONFIG_PATH"]["value"]
+    assert f"cat > {ini} <<EOF" in script and "default_permission = NO_PERMISSIONS" in script
+    assert "database_uri = postgresql://${POSTGRES_USER}:${POSTGRES_PASSWORD}@postgres" in script
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mount = next(m for m in c["volumeMounts"] if ini.startswith(m["mountPath"] + "/"))
+    assert mount["readOnly"] and volumes[mount["name"]]["emptyDir"]["medium"] == "Memory"
+    shipped = (ROOT / "infra" / "mlflow" / "basic_auth.ini").read_text()
+    for line in ("default_permission = NO_PERMISSIONS", "auth_cache_ttl_seconds = 60",
+                 "grant_default_workspace_access = false"):
+        assert line in shipped and line in script, line  # the local and the cluster settings agree
+    assert "mlflow[auth]" in (DOCKER / "Dockerfile.mlflow").read_text()
+
+
+def test_serving_is_locked_by_default():
+    dep = next(d for d in objects("Deployment") if d["metadata"]["name"] == "cmunext-serving")
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CMUNEXT_REQUIRE_AUTH"]["value"] == "true"
+    assert "optional" not in env["CMUNEXT_API_TOKEN"]["valueFrom"]["secretKeyRef"]
+    (ing,) = objects("Ingress")
+    assert ing["spec"]["tls"] and ing["spec"]["tls"][0]["secretName"]
+    assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/force-ssl-redirect"] == "true"
+    routed = {(p["path"], p["pathType"]) for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]}
+    assert {"/segment", "/segment_json", "/overlay"} <= {path for path, _ in routed}
+    for path, kind in routed:  # health and metrics stay inside the cluster
+        for internal in ("/metrics", "/healthz", "/livez", "/readyz"):
+            reaches = internal == path if kind == "Exact" else internal.startswith(path.rstrip("/") + "/") or path == "/"
+            assert not reaches, f"the Ingress routes {internal} through {path} ({kind})"
+    for rule in ing["spec"]["rules"]:
+        for p in rule["http"]["paths"]:
+            assert p["backend"]["service"]["name"] == "cmunext-serving"
+
+
+# ---------------------------------------------------------------- network policies
+# A small evaluator of NetworkPolicy semantics over the rendered namespace: a connection is allowed when the
+# destination's ingress policies and the source's egress policies both allow it (a pod no policy selects is open).
+
+OTHER_PODS = {  # pods of the namespaces the policies name, and one of a namespace they do not
+    "pipeline step": ("kubeflow", {"pipeline/runid": "x"}),
+    "ingress controller": ("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}),
+    "prometheus": ("monitoring", {"app.kubernetes.io/name": "prometheus"}),
+    "stranger": ("default", {"app": "whatever"}),
+    "dns": ("kube-system", {"k8s-app": "kube-dns"}),
+}
+
+
+def _selects(selector: dict | None, labels: dict) -> bool:
+    if selector is None:
+        return True
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        has, value = e["key"] in labels, labels.get(e["key"])
+        ok = {"In": value in e.get("values", []), "NotIn": value not in e.get("values", []),
+              "Exists": has, "DoesNotExist": not has}[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def _peer_matches(peer: dict, pod: tuple[str, dict], policy_ns: str) -> bool:
+    ns, labels = pod
+    if "ipBlock" in peer:
+        return False
+    ns_ok = (ns == policy_ns if "namespaceSelector" not in peer
+             else _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": ns}))
+    return ns_ok and _selects(peer.get("podSelector"), labels)
+
+
+def _rule_allows(rule: dict, peers_key: str, other: tuple[str, dict], port: int, proto: str, ns: str) -> bool:
+    ports = rule.get("ports")
+    if ports and not any(p.get("port") == port and p.get("protocol", "TCP") == proto for p in ports):
+        return False
+    peers = rule.get(peers_key)
+    return not peers or any(_peer_matches(peer, other, ns) for peer in peers)
+
+
+def _side_allows(policies, pod, other, port, proto, direction: str) -> bool:
+    ns, labels = pod
+    mine = [p for p in policies if p["metadata"]["namespace"] == ns and _selects(p["spec"]["podSelector"], labels)
+            and direction in p["spec"].get("policyTypes", ["Ingress"])]
+    if not mine:
+        return True
+    key, peers = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    return any(_rule_allows(rule, peers, other, port, proto, ns) for p in mine for rule in p["spec"].get(key) or [])
+
+
+def allowed(policies, src, dst, port: int, proto: str = "TCP") -> bool:
+    return (_side_allows(policies, dst, src, port, proto, "Ingress")
+            and _side_allows(policies, src, dst, port, proto, "Egress"))
+
+
+@pytest.fixture(scope="module")
+def network(rendered):
+    docs = rendered["base"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pods = {d["metadata"]["name"]: (d["metadata"]["namespace"], d["spec"]["template"]["metadata"]["labels"])
+            for d in docs if d["kind"] in WORKLOADS}
+    return policies, {**pods, **OTHER_PODS}
+
+
+def test_network_policies_deny_by_default_and_select_real_pods(network):
+    policies, pods = network
+    deny = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")
+            and not p["spec"].get("egress")]
+    assert deny and set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    ours = [pod for pod in pods.values() if pod[0] == "cmunext"]
+    for p in policies:
+        selector = p["spec"]["podSelector"]
+        if selector:  # each named policy protects a pod that exists
+            assert any(_selects(selector, labels) for _, labels in ours), p["metadata"]["name"]
+        for rule in p["spec"].get("ingress", []) + p["spec"].get("egress", []):
+            for peer in rule.get("from", []) + rule.get("to", []):
+                if "podSelector" in peer and "namespaceSelector" not in peer:  # a peer in this namespace exists
+                    assert any(_selects(peer["podSelector"], labels) for _, labels in ours), (p["metadata"]["name"], peer)
+    # every workload of the namespace is covered: no pod is left open
+    for name, (ns, labels) in pods.items():
+        if ns == "cmunext":
+            assert not allowed(policies, pods["stranger"], (ns, labels), 8080), name
+
+
+EXPECTED = [  # (source, destination, port, allowed)
+    ("pipeline step", "mlflow", 5000, True), ("pipeline step", "minio", 9000, True),
+    ("cmunext-serving", "mlflow", 5000, True), ("mlflow", "postgres", 5432, True), ("mlflow", "minio", 9000, True),
+    ("minio-buckets", "minio", 9000, True), ("ingress controller", "cmunext-serving", 3000, True),
+    ("prometheus", "cmunext-serving", 3000, True),
+    ("pipeline step", "postgres", 5432, False), ("pipeline step", "cmunext-serving", 3000, False),
+    ("pipeline step", "mlflow", 8080, False), ("cmunext-serving", "postgres", 5432, False),
+    ("cmunext-serving", "minio", 9000, False), ("minio-buckets", "mlflow", 5000, False),
+    ("minio-buckets", "postgres", 5432, False), ("ingress controller", "mlflow", 5000, False),
+    ("ingress controller", "minio", 9000, False), ("mlflow", "cmunext-serving", 3000, False),
+    ("postgres", "mlflow", 5000, False), ("minio", "postgres", 5432, False), ("prometheus", "mlflow", 5000, False),
+    ("stranger", "mlflow", 5000, False), ("stranger", "minio", 9000, False), ("stranger", "postgres", 5432, False),
+    ("stranger", "cmunext-serving", 3000, False),
+]
+
+
+@pytest.mark.parametrize("src,dst,port,expected", EXPECTED, ids=lambda v: str(v))
+def test_who_reaches_what(network, src, dst, port, expected):
+    policies, pods = network
+    assert allowed(policies, pods[src], pods[dst], port) is expected
+
+
+def test_every_pod_resolves_names(network):
+    policies, pods = network
+    for name, pod in pods.items():
+        if pod[0] == "cmunext":
+            assert allowed(policies, pod, pods["dns"], 53, "UDP"), name
 
 
 def test_bucket_job_creates_mlflow_and_dvc():
@@ -560,7 +723,7 @@ def test_dockerfile_pip_installs_are_locked(path):
                 continue
             packages.append(w)
             i += 1
-        for pkg in packages:
+        for pkg in (p.strip("'\"") for p in packages):
             if pkg in {".", "/src"} or pkg.startswith(("/", "./")):
                 continue
             name = re.split(r"[=<>!~\[]", pkg, maxsplit=1)[0].lower().replace("_", "-")

@@ -106,7 +106,10 @@ def test_impossible_gate_rejects_and_keeps_champion(first_run, env, tmp_path):
     failed = [c for c in summary["gate"]["checks"] if not c["passed"]]
     assert failed[0]["name"] == "test IoU" and failed[0]["margin"] < 0
     after = registry(env)
-    assert after["champion"]["version"] == before["champion"]["version"] and after["history"] == before["history"]
+    assert after["champion"]["version"] == before["champion"]["version"] and after["history"][:-1] == before["history"]
+    rejection = after["history"][-1]  # recorded with who decided, though no version was registered
+    assert rejection["event"] == "rejected" and rejection["version"] is None and rejection["run_id"]
+    assert "misses >= 0.99" in rejection["reason"] and rejection["user"].startswith("local:")
 
 
 def test_failing_step_leaves_registry_as_it_was(first_run, env, tmp_path, dataset_copy):

@@ -35,6 +35,9 @@ def test_promote_history_and_rollback(registry_with_versions):
     info = registry.show("reg-test")
     assert info["champion"]["version"] == v3
     assert [(h["version"], h["replaced"]) for h in info["history"]] == [(v1, None), (v2, v1), (v3, v2)]
+    import getpass
+    assert {h["user"] for h in info["history"]} == {f"local:{getpass.getuser()}"}  # no MLflow login: the account
+    assert registry.version_tags("reg-test", v3)["promoted_by"] == f"local:{getpass.getuser()}"
     registry.rollback("reg-test", "v3 misbehaves in production")
     assert registry.champion("reg-test")["version"] == v2
     registry.rollback("reg-test")
@@ -42,6 +45,19 @@ def test_promote_history_and_rollback(registry_with_versions):
     with pytest.raises(registry.RegistryError, match="nothing to roll back"):
         registry.rollback("reg-test")
     assert registry.show("reg-test")["history"][-1]["event"] == "rolled_back"
+
+
+def test_history_keeps_alias_moves_when_rejections_pile_up(registry_with_versions):
+    registry, (v1, v2, _) = registry_with_versions
+    registry.promote("reg-test", v1, "first")
+    registry.promote("reg-test", v2, "second")
+    for i in range(registry.KEEP["other"] + 5):
+        registry.record_rejection("reg-test", f"run-{i}", ["test IoU misses"])
+    hist = registry.show("reg-test")["history"]
+    assert [h["event"] for h in hist[:2]] == ["promoted", "promoted"]  # what rollback reads is still there
+    assert sum(h["event"] == "rejected" for h in hist) == registry.KEEP["other"] and hist[-1]["run_id"] == "run-24"
+    registry.rollback("reg-test")
+    assert registry.champion("reg-test")["version"] == v1
 
 
 def test_stale_champion_is_refused(registry_with_versions):

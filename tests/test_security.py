@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, VENV_BIN, MlflowServer
+from conftest import ROOT, VENV_BIN, MlflowServer, free_port
 
 USERS_FILE = ROOT / "infra" / "mlflow" / "users.yaml"
 CI_TINY = str(ROOT / "configs" / "ci-tiny.yaml")
@@ -213,6 +214,17 @@ def test_reviewer_rolls_back_and_is_named(two_versions, base_env):
     assert info["champion"]["version"] == "1"
     assert [(h["event"], h["version"], h["user"]) for h in info["history"]] == [
         ("promoted", "1", "cmunext-pipeline"), ("promoted", "2", "reviewer"), ("rolled_back", "1", "reviewer")]
+    # the reader serves: `cmunext serve` resolves the champion (v1 again) to the bento the pipeline built
+    serve = [str(VENV_BIN / "cmunext"), "serve", "--model-name", MODEL, "--port", str(free_port())]
+    refused(cmunext(base_env, *serve[1:]), "requires a login and none was given")
+    proc = subprocess.Popen(serve, env=as_user(base_env, "cmunext-serving"), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT, start_new_session=True)
+    try:
+        first = proc.stdout.readline()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert first.startswith("serving cmunext") and "on http://127.0.0.1:" in first, first
 
 
 def test_rejection_names_the_pipeline_user(pipeline_run, base_env):

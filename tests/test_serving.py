@@ -24,7 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import ROOT, free_port, stop, wait_for_port
+from conftest import ROOT, VENV_BIN, free_port, stop, wait_for_port
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -170,7 +170,7 @@ def server(packaged, tmp_path_factory):
 def auth_server(packaged, tmp_path_factory):
     """The same model served from its BentoML model tag (source bundle + CMUNEXT_BENTO_MODEL), with a token."""
     srv = Server(packaged["model_tag"], tmp_path_factory.mktemp("logs") / "serve-auth.log",
-                 env={"CMUNEXT_API_TOKEN": TOKEN})
+                 env={"CMUNEXT_API_TOKEN": TOKEN, "CMUNEXT_REQUIRE_AUTH": "true"})
     yield srv
     srv.close()
 
@@ -420,6 +420,41 @@ def test_auth(auth_server, server, images):
     assert requests.get(auth_server.url + "/metrics", timeout=10).status_code == 401
     assert requests.get(auth_server.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).status_code == 200
     assert server.post("/segment", data).status_code == 200  # no token configured: open
+    assert "the API requires 'Authorization: Bearer <CMUNEXT_API_TOKEN>'" in auth_server.log.read_text(errors="replace")
+    assert "the API is open: no CMUNEXT_API_TOKEN set" in server.log.read_text(errors="replace")
+
+
+@pytest.mark.parametrize("token", [None, "CHANGE_ME", "short"])
+def test_required_token_refuses_to_start_without_one(packaged, tmp_path, token):
+    """The Kubernetes Deployment sets CMUNEXT_REQUIRE_AUTH: an empty or placeholder Secret stops the pod instead
+    of serving patient images to anyone who reaches it."""
+    from cmunext.serving.serve import start_server
+    log = tmp_path / "serve.log"
+    proc = start_server(packaged["bento_tag"], port=free_port(), log_file=log,
+                        env={"CMUNEXT_REQUIRE_AUTH": "true", "CMUNEXT_API_TOKEN": token})
+    try:
+        code = proc.wait(90)
+    finally:
+        stop(proc)
+    assert code != 0 and "refusing to serve without authentication" in log.read_text(errors="replace")
+
+
+def test_serve_command_says_whether_a_token_is_required(packaged):
+    env = {k: v for k, v in os.environ.items() if k != "CMUNEXT_API_TOKEN"}
+    env.update(CMUNEXT_HOME=str(packaged["home"]), BENTOML_HOME=str(packaged["home"] / "bentoml"),
+               CMUNEXT_REQUIRE_AUTH="true")
+    cmd = [str(VENV_BIN / "cmunext"), "serve", "--model", packaged["bento_tag"], "--port", str(free_port())]
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "CMUNEXT_API_TOKEN is missing" in refused.stderr, refused.stderr
+    env.pop("CMUNEXT_REQUIRE_AUTH")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        first = proc.stdout.readline()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "the API is open: no token required (set CMUNEXT_API_TOKEN to require one)" in first, first
 
 
 @pytest.mark.parametrize("tamper", ["artifact", "artifact+export.json"])

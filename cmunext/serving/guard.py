@@ -22,12 +22,12 @@ class TokenMissing(RuntimeError):
 
 
 def api_token(env: t.Mapping[str, str] = os.environ) -> str | None:
-    """The bearer token the API requires, or None (open). With CMUNEXT_REQUIRE_TOKEN=true (the Kubernetes
+    """The bearer token the API requires, or None (open). With CMUNEXT_REQUIRE_AUTH=true (the Kubernetes
     Deployment sets it) a missing, placeholder or short token refuses the start instead of serving openly."""
     token = (env.get("CMUNEXT_API_TOKEN") or "").strip() or None
-    required = (env.get("CMUNEXT_REQUIRE_TOKEN") or "").strip().lower() in ("1", "true", "yes")
+    required = (env.get("CMUNEXT_REQUIRE_AUTH") or "").strip().lower() in ("1", "true", "yes")
     if required and (token is None or token in PLACEHOLDERS or len(token) < MIN_TOKEN_CHARS):
-        raise TokenMissing("CMUNEXT_REQUIRE_TOKEN is set but CMUNEXT_API_TOKEN is "
+        raise TokenMissing("CMUNEXT_REQUIRE_AUTH is set but CMUNEXT_API_TOKEN is "
                            + ("missing" if token is None else "a placeholder or shorter than 16 characters")
                            + ": refusing to serve without authentication (Secret cmunext-serving, key CMUNEXT_API_TOKEN)")
     return token

@@ -15,7 +15,7 @@ the one a bento was built for, else `cmunext-segmenter:latest`. Start-up is refu
 artifact's sha256 differs from the one recorded when it was packaged.
 
 Settings (environment): CMUNEXT_API_TOKEN (bearer token; unset = no auth; health endpoints and the
-page stay open), CMUNEXT_REQUIRE_TOKEN (true: refuse to start without a token of 16+ characters), CMUNEXT_MAX_UPLOAD_BYTES (default 20 MiB), CMUNEXT_MAX_PIXELS (default 25 M),
+page stay open), CMUNEXT_REQUIRE_AUTH (true: refuse to start without a token of 16+ characters), CMUNEXT_MAX_UPLOAD_BYTES (default 20 MiB), CMUNEXT_MAX_PIXELS (default 25 M),
 CMUNEXT_MAX_BATCH (default 8), CMUNEXT_ORT_THREADS (default: as exported), CMUNEXT_CPU_THREADS
 (decoding and drawing threads of the front, default 4).
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -204,6 +205,6 @@ class Segmenter:
 
 check_at_start(MODEL_TAG)
 API_TOKEN = api_token()  # refuses the start when a token is required and missing
-log.info("API %s", "requires 'Authorization: Bearer <CMUNEXT_API_TOKEN>'" if API_TOKEN else
-         "is open: no CMUNEXT_API_TOKEN set (anyone who reaches this port may send images)")
+print("cmunext.serving: the API " + ("requires 'Authorization: Bearer <CMUNEXT_API_TOKEN>'" if API_TOKEN else
+      "is open: no CMUNEXT_API_TOKEN set (anyone who reaches this port may send images)"), file=sys.stderr, flush=True)
 Segmenter.add_asgi_middleware(RequestGuard, api_paths=API_PATHS, token=API_TOKEN, max_bytes=MAX_UPLOAD_BYTES)
