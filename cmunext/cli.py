@@ -78,9 +78,11 @@ def cmd_data_get(args) -> int:
 def cmd_data_validate(args) -> int:
     from .data.validate import format_summary, validate_dataset
     d = load_config(args.config, args.set).data
+    # the folder is only read: the duplicates policy says what a run would leave out or merge
     summary = validate_dataset(args.dir, args.report, min_samples=d.min_samples, min_side=d.min_side,
                                max_side=d.max_side, allow_empty_masks=d.allow_empty_masks,
-                               max_foreground=d.max_foreground, progress=not args.quiet)
+                               max_foreground=d.max_foreground, duplicates=d.duplicates, severity=d.severity,
+                               progress=not args.quiet)
     print(format_summary(summary))
     return 0 if summary["success"] else 1
 

@@ -24,6 +24,12 @@ class ModelConfig(_Section):
     num_classes: int = Field(1, ge=1)
 
 
+# The validation expectations by name (cmunext/data/validate.py), for data.severity.
+VALIDATION_CHECKS = ("min_samples", "has_mask", "has_image", "one_file_per_stem", "image_decodes", "mask_decodes",
+                     "image_measured", "mask_measured", "sizes_match", "mask_binary", "channels", "width", "height",
+                     "lesion_fraction", "unique_images")
+
+
 class DataConfig(_Section):
     # Where the images come from: a folder in the project layout, or "synth" for generated data.
     source: str = "synth"
@@ -40,9 +46,16 @@ class DataConfig(_Section):
     min_side: int = Field(32, ge=1)
     max_side: int = Field(4096, ge=1)
     max_foreground: float = Field(0.9, gt=0, le=1)
+    # Byte-identical images: quarantine (default), merge, keep-one or fail (cmunext/data/duplicates.py).
+    duplicates: Literal["quarantine", "merge", "keep-one", "fail"] = "quarantine"
+    # A validation check's severity: "block" (default: the run stops) or "warn" (reported, the run goes on).
+    severity: dict[str, Literal["block", "warn"]] = {}
 
     @model_validator(mode="after")
     def _ratios(self) -> "DataConfig":
+        unknown = sorted(set(self.severity) - set(VALIDATION_CHECKS))
+        if unknown:
+            raise ValueError(f"data.severity: unknown check {unknown}; the checks are {', '.join(VALIDATION_CHECKS)}")
         if any(r < 0 for r in self.split_ratios) or abs(sum(self.split_ratios) - 1) > 1e-6:
             raise ValueError(f"data.split_ratios must be three non-negative numbers summing to 1, got {self.split_ratios}")
         if self.split_ratios[0] == 0 or self.split_ratios[1] == 0:

@@ -21,6 +21,9 @@ def _log_to_stderr() -> None:
                             datefmt="%H:%M:%S")
 
 
+DUPLICATES_REPORT = "duplicates.json"  # beside images/ and masks/ in the dataset and preprocessed artifacts
+
+
 class StepFailed(CmunextError):
     """A step refused to continue; the message says why (e.g. the data failed validation)."""
 
@@ -51,11 +54,15 @@ def validate(cfg: RunConfig, data_dir: str | Path, report_dir: str | Path) -> di
     from .data.validate import format_summary, validate_dataset
 
     d = cfg.data
+    # the duplicates policy is carried out here, on the run's snapshot (never on the source folder)
     summary = validate_dataset(data_dir, report_dir, min_samples=d.min_samples, min_side=d.min_side,
                                max_side=d.max_side, allow_empty_masks=d.allow_empty_masks,
-                               max_foreground=d.max_foreground, progress=False)
+                               max_foreground=d.max_foreground, duplicates=d.duplicates, severity=d.severity,
+                               apply_duplicates=True, progress=False)
     if not summary["success"]:
         raise StepFailed("data validation failed; the run stops before training:\n" + format_summary(summary))
+    # what the duplicates policy did travels with the data, so the train step records it with the run
+    shutil.copyfile(Path(report_dir) / "duplicates.json", Path(data_dir) / DUPLICATES_REPORT)
     return summary
 
 
@@ -69,6 +76,8 @@ def preprocess(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_r
     manifest = write_shards(data_dir, split, out_dir, cfg.data.image_size, cfg.model.in_channels,
                             data_revision=data_revision, progress=False)
     write_split(split, Path(out_dir) / "splits.json")
+    if (Path(data_dir) / DUPLICATES_REPORT).is_file():
+        shutil.copyfile(Path(data_dir) / DUPLICATES_REPORT, Path(out_dir) / DUPLICATES_REPORT)
     return {"split": split["info"], "stats": {k: v["stats"] for k, v in manifest["splits"].items()}}
 
 
@@ -94,6 +103,7 @@ def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_revisi
         out_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(run_id + "\n")
     mlflow_runs.set_tags(run_id, {"status_detail": "training"})
+    _record_duplicates(run_id, Path(data_dir) / DUPLICATES_REPORT)
     # one log line per epoch is the progress in the task's log (a bar per batch floods it)
     result = train_any(cfg, data_dir, out_dir, resume=True, callbacks=[mlflow_runs.EpochLogger(run_id)],
                        progress=False)
@@ -108,6 +118,19 @@ def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_revisi
     mlflow_runs.set_tags(run_id, {"status_detail": "trained", "model_uri": model_uri})
     return {"run_id": run_id, "model_uri": model_uri, "weights": str(result.weights),
             "best_epoch": result.best_epoch, "best_val_iou": result.best_val_iou}
+
+
+def _record_duplicates(run_id: str, report: Path) -> None:
+    """The duplicates policy and its effect, with the run: nothing left out or merged goes unrecorded."""
+    from .tracking import mlflow_runs
+    if not report.is_file():
+        return
+    plan = json.loads(report.read_text())
+    mlflow_runs.set_tags(run_id, {"data_duplicates_policy": plan["policy"],
+                                  "data_duplicates_removed": str(len(plan["removed"])),
+                                  "data_duplicates_merged": json.dumps(plan["merged"])[:4000],
+                                  "data_duplicates_quarantined": json.dumps(plan["quarantined"])[:4000]})
+    mlflow_runs.log_json(run_id, plan, "data/duplicates.json")
 
 
 # ---- evaluate -------------------------------------------------------------------------------

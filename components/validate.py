@@ -35,6 +35,9 @@ def validate_data(config_json: str, data_revision: str, expected_md5: str, proje
         f.write("# Data validation passed\n\n```\n" + format_summary(result) + "\n```\n")
     write_metrics(summary, {"samples": result["samples"],
                             "near_duplicate_groups": len(result["near_duplicate_groups"]),
-                            "exact_duplicate_groups": len(result["exact_duplicate_groups"])})
+                            "exact_duplicate_groups": len(result["exact_duplicate_groups"]),
+                            "duplicates_removed": len(result["duplicates"]["removed"])})
+    dataset.metadata.update({"duplicates_policy": result["duplicates"]["policy"],
+                             "duplicates": result["duplicates"]["description"]})
     data_docs.metadata["summary"] = json.dumps({k: result[k] for k in ("success", "samples")})
     return namedtuple("ValidateOutputs", ["data_md5", "samples"])(snap["md5"], result["samples"])

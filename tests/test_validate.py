@@ -223,3 +223,84 @@ def test_busi_reports_near_duplicates(tmp_path):
     duplicated = {s for g in summary["exact_duplicate_groups"] for s in g}
     assert {Path(f).stem for c in summary["failed"] for f in c["files"]} == duplicated
     assert Path(summary["data_docs"]).is_file()
+
+
+# ------------------------------------------------------------------ duplicates policy (data.duplicates)
+
+def _annotate_twice(data: Path) -> None:
+    """synth_00003 filed again as synth_twice with a different lesion (one image, one mask per lesion), and
+    synth_00005 copied as synth_copy with the same mask (a plain copy)."""
+    im, ms = data / "images", data / "masks"
+    shutil.copy(im / "synth_00003.png", im / "synth_twice.png")
+    other = np.zeros_like(np.array(Image.open(ms / "synth_00003.png")))
+    other[:8, :8] = 255
+    Image.fromarray(other).save(ms / "synth_twice.png")
+    shutil.copy(im / "synth_00005.png", im / "synth_copy.png")
+    shutil.copy(ms / "synth_00005.png", ms / "synth_copy.png")
+
+
+@pytest.mark.parametrize("policy,kept,gone", [
+    ("merge", {"synth_00003", "synth_00005"}, {"synth_twice", "synth_copy"}),
+    ("keep-one", {"synth_00003", "synth_00005"}, {"synth_twice", "synth_copy"}),
+    ("quarantine", {"synth_00005"}, {"synth_00003", "synth_twice", "synth_copy"}),
+])
+def test_duplicates_policy_on_a_snapshot(dataset_copy, tmp_path, policy, kept, gone):
+    """On a run's snapshot the policy is carried out: removed pairs move to quarantine/, merged masks are the
+    union; plain copies (same mask) keep one under every policy."""
+    _annotate_twice(dataset_copy)
+    first = np.array(Image.open(dataset_copy / "masks" / "synth_00003.png")) > 0
+    second = np.array(Image.open(dataset_copy / "masks" / "synth_twice.png")) > 0
+    summary = validate_dataset(dataset_copy, tmp_path / "report", duplicates=policy, apply_duplicates=True,
+                               progress=False)
+    assert summary["success"], format_summary(summary)
+    stems = {p.stem for p in (dataset_copy / "images").iterdir()}
+    assert kept <= stems and not (gone & stems) and summary["samples"] == 24 + 2 - len(gone)
+    assert {p.stem for p in (dataset_copy / "quarantine" / "images").iterdir()} == gone
+    assert summary["exact_duplicate_groups"] == []
+    mask = np.array(Image.open(dataset_copy / "masks" / "synth_00003.png")) > 0 if "synth_00003" in stems else None
+    if policy == "merge":
+        assert np.array_equal(mask, first | second) and summary["duplicates"]["merged"] == {"synth_00003": ["synth_twice"]}
+    elif policy == "keep-one":
+        assert np.array_equal(mask, first)
+    else:
+        assert summary["duplicates"]["quarantined"] == ["synth_00003", "synth_twice"]
+    report = json.loads((tmp_path / "report" / "duplicates.json").read_text())
+    assert report["policy"] == policy and set(report["removed"]) == gone
+    assert {tuple(g["stems"]): g["conflict"] for g in report["groups"]} == {
+        ("synth_00003", "synth_twice"): True, ("synth_00005", "synth_copy"): False}
+    assert f"policy {policy}" in format_summary(summary)
+
+
+def test_duplicates_fail_names_the_fix_and_a_dry_run_changes_nothing(dataset_copy, tmp_path):
+    _annotate_twice(dataset_copy)
+    before = sorted(p.name for p in (dataset_copy / "masks").iterdir())
+    summary = validate_dataset(dataset_copy, tmp_path / "fail", duplicates="fail", progress=False)
+    [failure] = summary["failed"]
+    assert failure["name"] == "unique_images" and "images/synth_twice.png" in failure["files"]
+    text = format_summary(summary)
+    assert "fix: set data.duplicates to quarantine, merge or keep-one" in text
+    assert "data.severity.unique_images=warn" in text
+    # without apply (what `cmunext data validate` does on a source folder): the verdict of a run, nothing moved
+    dry = validate_dataset(dataset_copy, tmp_path / "dry", duplicates="merge", progress=False)
+    assert dry["success"] and dry["duplicates"]["merged"] == {"synth_00003": ["synth_twice"]}
+    assert sorted(p.name for p in (dataset_copy / "masks").iterdir()) == before
+    assert not (dataset_copy / "quarantine").exists()
+
+
+def test_severity_warn_reports_without_failing(dataset_copy, tmp_path):
+    _edit_mask(dataset_copy / "masks" / "synth_00002.png",
+               lambda m: np.where(np.arange(m.shape[1]) < 4, 128, m).astype(np.uint8))  # a third value
+    blocked = validate_dataset(dataset_copy, tmp_path / "b", progress=False)
+    assert not blocked["success"] and blocked["failed"][0]["name"] == "mask_binary"
+    warned = validate_dataset(dataset_copy, tmp_path / "w", severity={"mask_binary": "warn"}, progress=False)
+    assert warned["success"] and warned["failed"] == []
+    assert [w["name"] for w in warned["warnings"]] == ["mask_binary"]
+    assert "1 only warned" in format_summary(warned) and "! masks are binary" in format_summary(warned)
+
+
+def test_unknown_severity_key_is_refused():
+    from cmunext.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="unknown check.*mask_binary"):
+        load_config(None, ["data.severity.mask_binaryy=warn"])
+    with pytest.raises(ConfigError, match="data.duplicates"):
+        load_config(None, ["data.duplicates=unite"])

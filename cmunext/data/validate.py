@@ -27,6 +27,8 @@ from typing import BinaryIO, Iterator
 import numpy as np
 import pandas as pd
 
+from ..config import VALIDATION_CHECKS
+from . import duplicates as dup
 from .fingerprint import dhash, near_duplicate_groups
 from .imageio import IMAGE_SUFFIXES, MAX_PIXELS, DataError, open_image, to_array
 
@@ -209,44 +211,56 @@ def scan_dataset(root: str | Path, progress: bool = False) -> pd.DataFrame:
 
 def _expectations(min_samples: int, min_side: int, max_side: int, allow_empty_masks: bool,
                   max_foreground: float) -> list:
-    """The suite. `meta.blame` says which file of a failing row is at fault."""
+    """The suite. `meta`: `name` (the key of data.severity), `blame` (which file of a failing row is at
+    fault) and `fix` (what to do about it)."""
     import great_expectations as gx
 
     E = gx.expectations
 
-    def ok(column: str, blame: str, what: str):
-        return E.ExpectColumnValuesToBeInSet(column=column, value_set=[True], description=what, meta={"blame": blame})
+    def meta(name: str, blame: str, fix: str) -> dict:
+        return {"name": name, "blame": blame, "fix": fix}
 
-    def within(column: str, lo, hi, blame: str, what: str, strict_min: bool = False):
+    def ok(name: str, column: str, blame: str, what: str, fix: str):
+        return E.ExpectColumnValuesToBeInSet(column=column, value_set=[True], description=what,
+                                             meta=meta(name, blame, fix))
+
+    def within(name: str, column: str, lo, hi, blame: str, what: str, fix: str, strict_min: bool = False):
         return E.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi, strict_min=strict_min,
-                                               description=what, meta={"blame": blame})
+                                               description=what, meta=meta(name, blame, fix))
 
-    def measured(column: str, blame: str, what: str):
+    def measured(name: str, column: str, blame: str, what: str, fix: str):
         # range and set expectations skip nulls: this keeps "not measured" from passing silently
-        return E.ExpectColumnValuesToNotBeNull(column=column, description=what, meta={"blame": blame})
+        return E.ExpectColumnValuesToNotBeNull(column=column, description=what, meta=meta(name, blame, fix))
 
+    replace = "replace or remove the files named"
     suite = [
         E.ExpectTableRowCountToBeBetween(min_value=min_samples, description=f"at least {min_samples} samples",
-                                         meta={"blame": "none"}),
-        ok("has_mask", "image", "every image has a mask"),
-        ok("has_image", "mask", "every mask has an image"),
-        ok("one_file_per_stem", "pair", "one file per stem in images/ and in masks/"),
-        ok("image_decodes", "image", "image files decode"),
-        ok("mask_decodes", "mask", "mask files decode"),
-        measured("width", "image", "every sample has a decodable image"),
-        measured("foreground_ratio", "mask", "every sample has a decodable mask"),
-        ok("sizes_match", "pair", "image and mask sizes agree"),
-        ok("mask_binary", "mask", "masks are binary (background 0 and one lesion value)"),
+                                         meta=meta("min_samples", "none", "add data, or lower data.min_samples")),
+        ok("has_mask", "has_mask", "image", "every image has a mask", "add masks/<stem>.png or remove the image"),
+        ok("has_image", "has_image", "mask", "every mask has an image", "add images/<stem>.png or remove the mask"),
+        ok("one_file_per_stem", "one_file_per_stem", "pair", "one file per stem in images/ and in masks/",
+           "keep one file per stem (e.g. not both x.png and x.jpg)"),
+        ok("image_decodes", "image_decodes", "image", "image files decode", replace),
+        ok("mask_decodes", "mask_decodes", "mask", "mask files decode", replace),
+        measured("image_measured", "width", "image", "every sample has a decodable image", replace),
+        measured("mask_measured", "foreground_ratio", "mask", "every sample has a decodable mask", replace),
+        ok("sizes_match", "sizes_match", "pair", "image and mask sizes agree", "re-export the mask at its image's size"),
+        ok("mask_binary", "mask_binary", "mask", "masks are binary (background 0 and one lesion value)",
+           "save masks as 0/255 (`cmunext data import` converts them)"),
         E.ExpectColumnValuesToBeInSet(column="channels", value_set=[1, 3], description="images have 1 or 3 channels",
-                                      meta={"blame": "image"}),
-        within("width", min_side, max_side, "image", f"image width within [{min_side}, {max_side}]"),
-        within("height", min_side, max_side, "image", f"image height within [{min_side}, {max_side}]"),
-        within("foreground_ratio", 0, max_foreground, "mask",
+                                      meta=meta("channels", "image", "convert the images to grayscale or RGB")),
+        within("width", "width", min_side, max_side, "image", f"image width within [{min_side}, {max_side}]",
+               "set data.min_side / data.max_side, or remove the files"),
+        within("height", "height", min_side, max_side, "image", f"image height within [{min_side}, {max_side}]",
+               "set data.min_side / data.max_side, or remove the files"),
+        within("lesion_fraction", "foreground_ratio", 0, max_foreground, "mask",
                f"lesion fraction of the mask in {'[' if allow_empty_masks else '('}0, {max_foreground}]",
-               strict_min=not allow_empty_masks),
+               "set data.allow_empty_masks=true to accept normal images (empty masks), data.max_foreground for "
+               "larger lesions", strict_min=not allow_empty_masks),
         E.ExpectColumnValuesToBeUnique(column="sha256", description="no exact duplicate images",
-                                       meta={"blame": "image"}),
+                                       meta=meta("unique_images", "image", dup.FIX)),
     ]
+    assert [e.meta["name"] for e in suite] == list(VALIDATION_CHECKS)
     for rank, expectation in enumerate(suite):  # GX returns results in its own order; report in ours
         expectation.meta["rank"] = rank
     return suite
@@ -333,8 +347,9 @@ def _message(res, config, table: pd.DataFrame) -> str:
 def _describe(res, table: pd.DataFrame) -> dict:
     config = res.expectation_config
     stems = [str(i["stem"]) for i in (res.result or {}).get("unexpected_index_list") or []]
-    return {"expectation": config.type, "column": config.kwargs.get("column"), "success": bool(res.success),
-            "message": _message(res, config, table),
+    meta = config.meta or {}
+    return {"name": meta.get("name"), "expectation": config.type, "column": config.kwargs.get("column"),
+            "success": bool(res.success), "message": _message(res, config, table), "fix": meta.get("fix", ""),
             "files": _files_at_fault(table, stems, (config.meta or {}).get("blame", "pair")) if stems else []}
 
 
@@ -351,26 +366,52 @@ def _duplicate_groups(table: pd.DataFrame) -> tuple[list[list[str]], list[list[s
     return sorted(exact), sorted(near)
 
 
+def _resolve_duplicates(root: Path, table: pd.DataFrame, policy: str, apply: bool,
+                        progress: bool) -> tuple[pd.DataFrame, dup.Plan]:
+    """The duplicates policy: carried out on ROOT (a run's snapshot) with APPLY, else only taken out of the
+    table, so that `cmunext data validate` on a source folder gives the verdict a run would."""
+    exact, _ = _duplicate_groups(table)
+    decodable = set(table.loc[table["mask_decodes"].fillna(False).astype(bool), "stem"])
+    groups = [g for g in exact if set(g) <= decodable]  # an undecodable mask fails its own check
+    files = table.set_index("stem")
+    plan = dup.plan(root, groups, files["mask_file"].to_dict(), policy)
+    if apply and (plan.removed or plan.merged):
+        dup.apply(root, plan, files["image_file"].to_dict(), files["mask_file"].to_dict())
+        return scan_dataset(root, progress=progress), plan
+    return table[~table["stem"].isin(plan.removed)].reset_index(drop=True), plan
+
+
 def validate_dataset(root, report_dir, *, min_samples=10, min_side=32, max_side=4096,
-                     allow_empty_masks=True, max_foreground=0.9, progress=True) -> dict:
-    """Validate ROOT (images/ + masks/) and write summary.json, samples.csv and Data Docs
-    into REPORT_DIR. Returns the summary; its "success" is False when any expectation fails.
+                     allow_empty_masks=True, max_foreground=0.9, duplicates="fail", severity=None,
+                     apply_duplicates=False, progress=True) -> dict:
+    """Validate ROOT (images/ + masks/) and write summary.json, samples.csv, duplicates.json and Data Docs
+    into REPORT_DIR. Returns the summary; its "success" is False when a blocking expectation fails (SEVERITY
+    maps a check's name to "warn" to only report it). DUPLICATES is the policy for byte-identical images
+    (cmunext/data/duplicates.py), carried out on ROOT only with APPLY_DUPLICATES (a run's snapshot).
     Near-duplicates are reported, not failed. Raises DataError only for a missing folder."""
     root, report_dir = Path(root), Path(report_dir)
+    severity = severity or {}
     table = scan_dataset(root, progress=progress)
+    table, plan = _resolve_duplicates(root, table, duplicates, apply_duplicates, progress)
     report_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(report_dir / "samples.csv", index=False)
+    (report_dir / "duplicates.json").write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
 
     docs_dir = (report_dir / "data_docs").resolve()
     suite = _expectations(min_samples, min_side, max_side, allow_empty_masks, max_foreground)
     results = sorted(_run_suite(table, suite, docs_dir), key=lambda r: r.expectation_config.meta["rank"])
-    checks = [_describe(res, table) for res in results]
+    checks = [_describe(res, table) | {"severity": severity.get(c, "block")}
+              for res, c in ((res, res.expectation_config.meta["name"]) for res in results)]
     exact, near = _duplicate_groups(table)
+    failed = [c for c in checks if not c["success"]]
     summary = {
-        "success": all(c["success"] for c in checks),
+        "success": not any(c["severity"] == "block" for c in failed),
         "samples": len(table),
         "expectations": checks,
-        "failed": [c for c in checks if not c["success"]],
+        "failed": [c for c in failed if c["severity"] == "block"],
+        "warnings": [c for c in failed if c["severity"] == "warn"],
+        "duplicates": {"policy": plan.policy, "description": plan.describe(), "removed": plan.removed,
+                       "merged": plan.merged, "quarantined": plan.quarantined},
         "errors": [{"stem": s, "error": e} for s, e in zip(table["stem"], table["error"]) if isinstance(e, str)],
         "exact_duplicate_groups": exact,
         "near_duplicate_groups": near,
@@ -383,22 +424,27 @@ def validate_dataset(root, report_dir, *, min_samples=10, min_side=32, max_side=
 
 def format_summary(summary: dict, max_files: int = 10) -> str:
     """A short text for the terminal: verdict, each failure with its files, duplicate counts."""
-    checks, failed = summary["expectations"], summary["failed"]
+    checks, failed, warnings = summary["expectations"], summary["failed"], summary.get("warnings", [])
     verdict = "PASSED" if summary["success"] else "FAILED"
-    lines = [f"Dataset validation {verdict}: {summary['samples']} samples, "
-             f"{len(checks) - len(failed)}/{len(checks)} expectations met"]
-    for check in failed:
-        lines.append(f"  x {check['message']}")
+    met = len(checks) - len(failed) - len(warnings)
+    lines = [f"Dataset validation {verdict}: {summary['samples']} samples, {met}/{len(checks)} expectations met"
+             + (f", {len(warnings)} only warned" if warnings else "")]
+    for mark, check in [("x", c) for c in failed] + [("!", c) for c in warnings]:
+        lines.append(f"  {mark} {check['message']}")
         files = check["files"]
         if files:
             more = f" ... and {len(files) - max_files} more" if len(files) > max_files else ""
             lines.append(f"      files: {', '.join(files[:max_files])}{more}")
+        if mark == "x" and check.get("fix"):
+            lines.append(f"      fix: {check['fix']}, or set data.severity.{check['name']}=warn to accept it")
     errors = summary.get("errors", [])
     if errors:
         lines.append(f"  reasons ({len(errors)} samples with problems):")
         lines += [f"    {e['error']}" for e in errors[:max_files]]
         if len(errors) > max_files:
             lines.append(f"    ... and {len(errors) - max_files} more (see samples.csv)")
+    if "duplicates" in summary:
+        lines.append(f"  duplicates: {summary['duplicates']['description']}")
     for kind in ("exact", "near"):
         groups = summary[f"{kind}_duplicate_groups"]
         lines.append(f"  {kind}-duplicate groups: {len(groups)} ({sum(map(len, groups))} images)")

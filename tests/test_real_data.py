@@ -1,0 +1,94 @@
+"""Real data through the pipeline: a BUSI subset holding its byte-identical pair (benign_0433 and
+malignant_0145: one image, two masks, two classes) under each `data.duplicates` policy, with what the policy
+did recorded with the run. Skipped where ../shared/datasets/busi is absent."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import BUSI, ROOT, VENV_BIN, busi
+
+PAIR = ["benign_0433", "malignant_0145"]
+pytestmark = [busi, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def busi_subset(tmp_path_factory) -> Path:
+    """The pair plus 11 benign and 11 malignant images, with their mapping.csv rows (project layout)."""
+    out = tmp_path_factory.mktemp("busi-subset") / "busi"
+    rows = list(csv.DictReader((BUSI / "mapping.csv").open(newline="")))
+    chosen = PAIR + [r["stem"] for r in rows if r["class"] == "benign" and r["stem"] not in PAIR][:11] \
+        + [r["stem"] for r in rows if r["class"] == "malignant" and r["stem"] not in PAIR][:11]
+    for sub in ("images", "masks"):
+        (out / sub).mkdir(parents=True)
+        for stem in chosen:
+            shutil.copy(BUSI / sub / f"{stem}.png", out / sub / f"{stem}.png")
+    with (out / "mapping.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if r["stem"] in chosen)
+    return out
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("real-data-state")
+
+
+def run(home: Path, data: Path, policy: str, tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    env.update(CMUNEXT_HOME=str(home), TQDM_DISABLE="1")
+    summary = tmp_path / "summary.json"
+    proc = subprocess.run([str(VENV_BIN / "cmunext"), "pipeline", "run", "--config", str(ROOT / "configs" / "ci-tiny.yaml"),
+                           "--set", f"data.source={data}", "--set", f"data.duplicates={policy}",
+                           "--set", f"registry.model_name=busi-{policy}", "--json", str(summary)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    return proc, (json.loads(summary.read_text()) if summary.exists() else None)
+
+
+@pytest.mark.parametrize("policy,removed,merged", [
+    ("quarantine", PAIR, {}),
+    ("merge", ["malignant_0145"], {"benign_0433": ["malignant_0145"]}),
+    ("keep-one", ["malignant_0145"], {}),
+])
+def test_busi_duplicate_pair_under_each_policy(busi_subset, home, tmp_path, policy, removed, merged):
+    proc, summary = run(home, busi_subset, policy, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert summary["promoted"]
+    run_dir = Path(summary["outputs"])
+    snapshot = run_dir / "validate-data" / "dataset"
+    assert sorted(p.stem for p in (snapshot / "quarantine" / "images").iterdir()) == sorted(removed)
+    assert not (busi_subset / "quarantine").exists() and len(list((busi_subset / "images").iterdir())) == 24
+    splits = json.loads((run_dir / "preprocess-data" / "preprocessed" / "splits.json").read_text())
+    used = set(splits["train"]) | set(splits["val"]) | set(splits["test"])
+    assert not used & set(removed) and len(used) == 24 - len(removed)
+
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    run_id = json.loads((run_dir / "train-model" / "executor_output.json").read_text())["parameterValues"]["run_id"]
+    tags = client.get_run(run_id).data.tags
+    assert tags["data_duplicates_policy"] == policy and tags["data_duplicates_removed"] == str(len(removed))
+    assert json.loads(tags["data_duplicates_merged"]) == merged
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="data/duplicates.json",
+                                                dst_path=str(tmp_path / "dl"))
+    recorded = json.loads(Path(local).read_text())
+    [group] = recorded["groups"]
+    assert group["stems"] == PAIR and group["conflict"] and group["classes"] == {
+        "benign_0433": "benign", "malignant_0145": "malignant"}
+
+
+def test_busi_duplicate_pair_fails_with_the_fix_under_fail(busi_subset, home, tmp_path):
+    proc, _ = run(home, busi_subset, "fail", tmp_path)
+    assert proc.returncode == 2
+    error = proc.stderr.split("cmunext: error:")[-1]
+    assert "validate-data" in error and "Traceback" not in error
+    log = proc.stdout + proc.stderr
+    assert "no exact duplicate images" in log and "images/benign_0433.png" in log
+    assert "fix: set data.duplicates to quarantine, merge or keep-one" in log
