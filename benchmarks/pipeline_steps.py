@@ -41,7 +41,7 @@ def step_times(log: str) -> dict[str, float]:
 
 def run(config: str, env: dict, summary: Path) -> tuple[float, dict, dict]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cmunext", "pipeline", "run", "--config", config, "--json",
+    proc = subprocess.run([sys.executable, "-m", "cmunext", "pipeline", "run", "--verbose", "--config", config, "--json",
                            str(summary)], cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:

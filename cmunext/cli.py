@@ -151,7 +151,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_pipeline_run(args) -> int:
     from pipelines.run import run_pipeline
-    summary = run_pipeline(args.config, args.set, caching=not args.no_cache, if_changed=args.if_changed)
+    summary = run_pipeline(args.config, args.set, caching=not args.no_cache, if_changed=args.if_changed,
+                           verbose=args.verbose)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     print(format_run_summary(summary))
@@ -180,7 +181,8 @@ def format_run_summary(s: dict) -> str:
         verdict = "REJECTED"
     lines.append(f"  gate          : {verdict}; champion {s['champion_before'] or 'none'} -> {s['champion_after'] or 'none'}")
     lines += [f"                  {r}" for r in gate.get("reasons", [])]
-    lines += [f"  artifacts     : {s['outputs']}", f"  MLflow        : {s['mlflow_tracking_uri']}",
+    lines += [f"  artifacts     : {s['outputs']}", f"  full log      : {s.get('log', '-')}",
+              f"  MLflow        : {s['mlflow_tracking_uri']}",
               f"  MLflow UI     : {s['mlflow_ui']}", "=" * 72]
     return "\n".join(lines)
 
@@ -389,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")
     p.add_argument("--if-changed", action="store_true", help="train only if the data, code or champion's age call for it")
     p.add_argument("--json", help="also write the run summary here")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="stream kfp.local's full output (every step's inputs, outputs and log), not one line per step")
     p.set_defaults(func=cmd_pipeline_run)
     p = psub.add_parser("compile", help="compile the pipeline YAML for a Kubeflow Pipelines cluster")
     p.add_argument("--out", required=True)

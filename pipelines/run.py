@@ -38,12 +38,15 @@ def measure_data(cfg: RunConfig) -> str:
 
 
 def run_pipeline(config: str | Path | None, overrides: list[str] | None = None, caching: bool = True,
-                 if_changed: bool = False) -> dict:
+                 if_changed: bool = False, verbose: bool = False) -> dict:
     """Run the whole pipeline; returns a summary (decision, metrics, registry state, where things are).
-    With `if_changed` it trains only when the data, the code or the champion's age call for it."""
+    With `if_changed` it trains only when the data, the code or the champion's age call for it. The screen
+    shows a line per step and the epochs; kfp.local's full output goes to `pipeline.log` in the run's folder
+    (and to the screen too with `verbose`)."""
     from kfp import local
 
     from cmunext.tracking import mlflow_runs, registry
+    from pipelines.progress import captured
     from pipelines.training import training_pipeline
 
     cfg = load_config(config, overrides)
@@ -60,15 +63,31 @@ def run_pipeline(config: str | Path | None, overrides: list[str] | None = None, 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "outputs"),
                enable_caching=caching, cache_root=str(root / "cache"))
     args = pipeline_arguments(cfg, data_md5, if_changed)
+    pending = root / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    print(f"pipeline run '{cfg.name}': one line per step; the full log goes to the run's folder"
+          + (" (and here)" if verbose else ""), flush=True)
     try:
-        training_pipeline(**args)
-    except RuntimeError as exc:  # kfp.local: a task failed; its own message is in the log above
+        with captured(pending, verbose) as progress:
+            training_pipeline(**args)
+    except RuntimeError as exc:  # kfp.local: a task failed; its reason is printed above
         after = registry.champion(cfg.registry.model_name)
-        raise StepFailed(f"{_plain(str(exc))} (its log above says why). Champion "
+        log_file = _keep_log(pending, root / "outputs")
+        raise StepFailed(f"{_plain(str(exc))} (its reason is above; full log: {log_file}). Champion "
                          f"{'unchanged' if _same(before, after) else 'changed'}: "
                          f"{(after or {}).get('version', 'none')}") from None
     after = registry.champion(cfg.registry.model_name)
-    return _summary(cfg, data_md5, before, after, time.time() - started, root / "outputs")
+    summary = _summary(cfg, data_md5, before, after, time.time() - started, root / "outputs")
+    summary["log"] = str(_keep_log(pending, root / "outputs"))
+    summary["steps"] = progress.steps
+    return summary
+
+
+def _keep_log(pending: Path, outputs: Path) -> Path:
+    """The run's log, moved into the run's folder (kfp.local names that folder only once the run starts)."""
+    run_dir = _latest_run_dir(outputs)
+    if run_dir is None or not pending.exists():
+        return pending
+    return pending.replace(run_dir / "pipeline.log")
 
 
 def _plain(text: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -92,7 +93,8 @@ def test_unchanged_rerun_comes_from_cache(first_run, env, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     for task in ("validate-data", "preprocess-data", "train-model"):
-        assert f"Task {task} cache hit" in log, task
+        assert re.search(rf"  {task}\s+cached\n", proc.stdout), task
+    assert [s["status"] for s in summary["steps"] if s["step"] == "train-model"] == ["CACHED"]
     assert not summary["promoted"] and summary["champion_after"] == "1"
     assert [h["event"] for h in registry(env)["history"]] == ["promoted"]  # nothing promoted twice
 
