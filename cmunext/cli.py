@@ -121,7 +121,8 @@ def cmd_predict(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .config import RunConfig
-    from .evaluation import latency_ms, score_images, summarize
+    from .data.duplicates import read_classes
+    from .evaluation import breakdown, latency_ms, score_images, summarize
     from .predict import Predictor
     from .data.dataset import list_pairs
     from .serving_artifact import serving_runner
@@ -136,7 +137,8 @@ def cmd_evaluate(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         run, artifact = serving_runner(args.model, tmp)
         lat = latency_ms(run, cfg.eval.latency_runs, cfg.eval.latency_warmup)
-    result = {"images": len(rows), "metrics": summarize(rows, cfg.eval.bootstrap), "latency": {**lat, "artifact": artifact}}
+    result = {"images": len(rows), "metrics": summarize(rows, cfg.eval.bootstrap), "latency": {**lat, "artifact": artifact},
+              "breakdown": breakdown(rows, read_classes(Path(args.data)), cfg.eval.bootstrap)}
     if args.json:
         Path(args.json).write_text(json.dumps({**result, "per_image": rows}, indent=1))
     m = result["metrics"]
@@ -144,6 +146,8 @@ def cmd_evaluate(args) -> int:
           f"Dice {m['dice']['value']:.4f} [{m['dice']['ci95_low']:.4f}, {m['dice']['ci95_high']:.4f}], "
           f"pooled IoU {m['pooled_iou']['value']:.4f}, HD95 {m['hd95']['value']:.1f} px; "
           f"latency p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms ({artifact})")
+    for line in _breakdown_lines(result["breakdown"]):
+        print(line)
     return 0
 
 
@@ -170,6 +174,7 @@ def format_run_summary(s: dict) -> str:
         m = s["metrics"]
         lines.append(f"  test IoU      : {m['iou']['value']:.4f} [{m['iou']['ci95_low']:.4f}, {m['iou']['ci95_high']:.4f}] "
                      f"Dice {m['dice']['value']:.4f}  HD95 {m['hd95']['value']:.1f} px")
+        lines += _breakdown_lines(s.get("breakdown"))
         lines.append(f"  latency       : p50 {s['latency']['p50_ms']:.1f} ms, p95 {s['latency']['p95_ms']:.1f} ms "
                      f"({s['latency'].get('artifact', '')})")
     gate = s["gate"] or {}
@@ -185,6 +190,27 @@ def format_run_summary(s: dict) -> str:
               f"  MLflow        : {s['mlflow_tracking_uri']}",
               f"  MLflow UI     : {s['mlflow_ui']}", "=" * 72]
     return "\n".join(lines)
+
+
+def _ci(est: dict) -> str:
+    return f"{est['value']:.4f} [{est['ci95_low']:.4f}, {est['ci95_high']:.4f}]"
+
+
+def _breakdown_lines(b: dict | None) -> list[str]:
+    """Lesion and normal images apart, and each class: what the one mean IoU mixes."""
+    if not b:
+        return []
+    lines = []
+    if b["normal"]["images"]:  # with only lesion images the mean above is already the lesion figure
+        n, d = b["normal"], b["detection"]
+        if b["lesion"]["iou"]:
+            lines.append(f"    lesion      : {b['lesion']['images']} images, IoU {_ci(b['lesion']['iou'])}, "
+                         f"detected {d['sensitivity']['value']:.1%}")
+        lines.append(f"    normal      : {n['images']} images, predicted empty {n['predicted_empty']['value']:.1%}, "
+                     f"false-positive area {n['false_positive_area']['value']:.2%}")
+    for name, c in b["classes"].items():
+        lines.append(f"    {name[:11]:<11} : {c['images']} images, IoU {_ci(c['iou'])}, Dice {c['dice']['value']:.4f}")
+    return lines
 
 
 def cmd_pipeline_compile(args) -> int:

@@ -73,6 +73,9 @@ class TrainConfig(_Section):
     seed: int = 41
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # mixed precision, used on CUDA only
+    # When fewer than this share of training images have a lesion (sets of mostly normal images), each
+    # epoch draws images with weights that bring lesions up to this share; otherwise a plain permutation.
+    min_lesion_share: float = Field(0.5, ge=0, le=1)
     workers: int = Field(0, ge=0)
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default
     # More than one process: the train step runs torchrun (DDP), one process per GPU (or CPU process).
@@ -106,6 +109,14 @@ class GateConfig(_Section):
     # the lower CI bound of (challenger - champion) IoU must be >= -iou_tolerance.
     iou_tolerance: float = Field(0.02, ge=0)
     max_latency_ratio: float = Field(1.5, gt=0)
+    # Optional checks of what one mean IoU hides (cmunext.evaluation.breakdown); unset = not checked.
+    min_lesion_iou: float | None = Field(None, ge=0, le=1)             # mean IoU over images with a lesion
+    min_detection_sensitivity: float | None = Field(None, ge=0, le=1)  # lesion images with any lesion predicted
+    min_detection_specificity: float | None = Field(None, ge=0, le=1)  # normal images predicted empty
+    # With a champion: on this class's test images, the lower CI bound of (challenger - champion) IoU
+    # must be >= -class_iou_tolerance (non-inferiority on, say, malignant lesions).
+    noninferior_class: str | None = None
+    class_iou_tolerance: float = Field(0.05, ge=0)
 
 
 class RegistryConfig(_Section):

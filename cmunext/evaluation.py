@@ -76,3 +76,48 @@ def compare(challenger_rows: list[dict], champion_rows: list[dict], n_boot: int 
     ch = {r["stem"]: r["iou"] for r in challenger_rows}
     diff = paired_difference([ch[s] for s in stems], [champ[s] for s in stems], n_boot)
     return {"iou_diff": diff.as_dict(), "images": len(stems)}
+
+
+def _estimate(values: list[float], n_boot: int) -> dict | None:
+    from .metrics import bootstrap_mean
+    return bootstrap_mean(values, n_boot).as_dict() if values else None
+
+
+def breakdown(rows: list[dict], classes: dict[str, str] | None = None, n_boot: int = 1000) -> dict:
+    """What one mean IoU hides, each with a 95% CI over images:
+
+    - lesion images (non-empty ground truth): IoU and Dice;
+    - normal images (empty ground truth): the false-positive area (share of the image predicted lesion) and
+      the share predicted empty;
+    - image-level detection of "any lesion predicted": sensitivity over lesion images, specificity over
+      normal images;
+    - per class (from mapping.csv or the import: BUSI's benign and malignant): IoU and Dice.
+    """
+    lesion = [r for r in rows if r["tp"] + r["fn"] > 0]
+    normal = [r for r in rows if r["tp"] + r["fn"] == 0]
+    found = [float(r["tp"] + r["fp"] > 0) for r in lesion]
+    empty = [float(r["tp"] + r["fp"] == 0) for r in normal]
+    out = {
+        "lesion": {"images": len(lesion), "iou": _estimate([r["iou"] for r in lesion], n_boot),
+                   "dice": _estimate([r["dice"] for r in lesion], n_boot)},
+        "normal": {"images": len(normal),
+                   "false_positive_area": _estimate([r["fp"] / max(r["fp"] + r["tn"], 1) for r in normal], n_boot),
+                   "predicted_empty": _estimate(empty, n_boot)},
+        "detection": {"sensitivity": _estimate(found, n_boot), "specificity": _estimate(empty, n_boot)},
+        "classes": {},
+    }
+    by_class: dict[str, list[dict]] = {}
+    for r in rows:
+        if classes and classes.get(r["stem"]):
+            by_class.setdefault(classes[r["stem"]], []).append(r)
+    for name, members in sorted(by_class.items()):
+        out["classes"][name] = {"images": len(members), "iou": _estimate([r["iou"] for r in members], n_boot),
+                                "dice": _estimate([r["dice"] for r in members], n_boot)}
+    return out
+
+
+def compare_class(challenger_rows: list[dict], champion_rows: list[dict], stems: set[str], n_boot: int = 1000) -> dict:
+    """The paired IoU difference (challenger - champion) on the images of one class."""
+    mine = [r for r in challenger_rows if r["stem"] in stems]
+    theirs = [r for r in champion_rows if r["stem"] in stems]
+    return compare(mine, theirs, n_boot) if mine else {"iou_diff": None, "images": 0}

@@ -12,6 +12,28 @@ def _check(name: str, passed: bool, value: float, threshold: float, comparison: 
                        f"({verdict}, margin {margin:+.4g}{unit})"}
 
 
+def _missing(name: str, why: str) -> dict:
+    """A configured check with nothing to measure fails closed, saying why."""
+    return {"name": name, "passed": False, "value": float("nan"), "threshold": float("nan"), "margin": float("nan"),
+            "message": f"{name}: cannot be checked: {why} (FAILED)"}
+
+
+def _breakdown_checks(b: dict, gate: GateConfig) -> list[dict]:
+    wanted = [("mean IoU of lesion images", gate.min_lesion_iou, ("lesion", "iou"), "no test image has a lesion"),
+              ("detection sensitivity (lesion images with a lesion predicted)", gate.min_detection_sensitivity,
+               ("detection", "sensitivity"), "no test image has a lesion"),
+              ("detection specificity (normal images predicted empty)", gate.min_detection_specificity,
+               ("detection", "specificity"), "no normal (empty-mask) image in the test split")]
+    checks = []
+    for name, threshold, (part, key), why in wanted:
+        if threshold is None:
+            continue
+        estimate = (b.get(part) or {}).get(key)
+        checks.append(_missing(name, why) if estimate is None else
+                      _check(name, estimate["value"] >= threshold, estimate["value"], threshold, ">="))
+    return checks
+
+
 def decide(evaluation: dict, gate: GateConfig) -> dict:
     """`evaluation` holds `metrics.iou.value`, `latency.p95_ms` and, when a champion exists,
     `champion.comparison.iou_diff.ci95_low` and `champion.latency.p95_ms`."""
@@ -21,7 +43,18 @@ def decide(evaluation: dict, gate: GateConfig) -> dict:
         _check("test IoU", iou >= gate.min_iou, iou, gate.min_iou, ">="),
         _check("p95 latency", p95 <= gate.max_latency_ms, p95, gate.max_latency_ms, "<=", " ms"),
     ]
+    checks += _breakdown_checks(evaluation.get("breakdown") or {}, gate)
     champ = evaluation.get("champion")
+    if champ and gate.noninferior_class:
+        name = gate.noninferior_class
+        diff = ((champ.get("classes") or {}).get(name) or {}).get("iou_diff")
+        if diff is None:
+            checks.append(_missing(f"IoU difference vs champion on class {name!r} (95% CI lower bound)",
+                                   f"no test image of class {name!r} (classes come from mapping.csv)"))
+        else:
+            checks.append(_check(f"IoU difference vs champion on class {name!r} (95% CI lower bound)",
+                                 diff["ci95_low"] >= -gate.class_iou_tolerance, diff["ci95_low"],
+                                 -gate.class_iou_tolerance, ">="))
     if champ:
         low = champ["comparison"]["iou_diff"]["ci95_low"]
         checks.append(_check("IoU difference vs champion (95% CI lower bound)", low >= -gate.iou_tolerance,
@@ -48,5 +81,21 @@ def report_markdown(decision: dict, evaluation: dict) -> str:
               f"{evaluation['latency']['p95_ms']:.1f} ms ({evaluation['latency'].get('artifact', 'eager')})."]
     if decision["champion_version"]:
         lines.append(f"Compared against champion version {decision['champion_version']}.")
+    b = evaluation.get("breakdown")
+    if b:
+        lines += ["", "| images | n | IoU [95% CI] | Dice |", "|---|---|---|---|"]
+        rows = [("with a lesion", b["lesion"])] + [(f"class {k}", v) for k, v in b["classes"].items()]
+        for label, part in rows:
+            if part["images"] and part["iou"]:
+                lines.append(f"| {label} | {part['images']} | {part['iou']['value']:.4f} [{part['iou']['ci95_low']:.4f}, "
+                             f"{part['iou']['ci95_high']:.4f}] | {part['dice']['value']:.4f} |")
+        if b["normal"]["images"]:
+            n = b["normal"]
+            lines.append(f"\nNormal images (empty masks): {n['images']}, predicted empty "
+                         f"{n['predicted_empty']['value']:.1%}, false-positive area {n['false_positive_area']['value']:.2%} "
+                         f"of the image on average.")
+        if b["lesion"]["images"]:
+            lines.append(f"Detection of any lesion: sensitivity {b['detection']['sensitivity']['value']:.1%}"
+                         + (f", specificity {b['detection']['specificity']['value']:.1%}." if b["normal"]["images"] else "."))
     lines += ["", "Reasons:"] + [f"- {r}" for r in decision["reasons"]]
     return "\n".join(lines) + "\n"

@@ -188,7 +188,8 @@ def _artifact_latency(cfg: RunConfig, artifact: Path) -> dict:
 def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preprocessed_dir: str | Path,
              out_dir: str | Path, run_id: str | None = None) -> dict:
     """Score the test split; score the champion on the same images and machine when there is one."""
-    from .evaluation import compare, count_macs, summarize
+    from .data.duplicates import read_classes
+    from .evaluation import breakdown, compare, compare_class, count_macs, summarize
     from .models import count_parameters
     from .pictures import gallery
 
@@ -209,13 +210,22 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
         "params": count_parameters(predictor.model), "macs": count_macs(predictor.model, size, size),
         "image_size": size, "per_image": rows, "champion": None, "int8": int8,
     }
+    classes = read_classes(data_dir)  # mapping.csv of the dataset (BUSI: benign, malignant), if any
+    evaluation["breakdown"] = breakdown(rows, classes, cfg.eval.bootstrap)
     found = _champion_weights(cfg.registry.model_name, out_dir / "champion")
     if found is not None:
         champ, champ_weights = found
         c_rows, c_lat, _ = _score(cfg, champ_weights, data_dir, stems, out_dir / "champion_artifact")
+        by_class: dict[str, set[str]] = {}
+        for r in rows:
+            if classes.get(r["stem"]):
+                by_class.setdefault(classes[r["stem"]], set()).add(r["stem"])
         evaluation["champion"] = {"version": champ["version"], "run_id": champ["run_id"],
                                   "metrics": summarize(c_rows, cfg.eval.bootstrap), "latency": c_lat,
-                                  "comparison": compare(rows, c_rows, cfg.eval.bootstrap)}
+                                  "comparison": compare(rows, c_rows, cfg.eval.bootstrap),
+                                  "breakdown": breakdown(c_rows, classes, cfg.eval.bootstrap),
+                                  "classes": {k: compare_class(rows, c_rows, v, cfg.eval.bootstrap)
+                                              for k, v in sorted(by_class.items())}}
     gallery_png = gallery(rows, predictor.probabilities, data_dir, out_dir / "gallery.png", cfg.eval.gallery_size,
                           cfg.eval.threshold) if cfg.eval.gallery_size else None
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
@@ -225,11 +235,30 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
         flat.update({f"test_{k}_ci95_low": v["ci95_low"] for k, v in evaluation["metrics"].items() if k in ("iou", "dice")})
         flat.update({"latency_p50_ms": lat["p50_ms"], "latency_p95_ms": lat["p95_ms"],
                      "params": evaluation["params"], "gmacs": evaluation["macs"] / 1e9})
+        flat.update(_breakdown_metrics(evaluation["breakdown"]))
         mlflow_runs.log_metrics(run_id, flat)
         mlflow_runs.log_json(run_id, evaluation, "evaluation/evaluation.json")
         if gallery_png:
             mlflow_runs.log_pictures(run_id, {"evaluation": gallery_png})
     return evaluation
+
+
+def _breakdown_metrics(b: dict) -> dict[str, float]:
+    """MLflow metric names for the breakdown: test_lesion_iou, test_iou_<class>, ... (each with its CI low)."""
+    parts = {"test_lesion_iou": b["lesion"]["iou"], "test_lesion_dice": b["lesion"]["dice"],
+             "test_normal_false_positive_area": b["normal"]["false_positive_area"],
+             "test_detection_sensitivity": b["detection"]["sensitivity"],
+             "test_detection_specificity": b["detection"]["specificity"]}
+    for name, c in b["classes"].items():
+        safe = "".join(ch if ch.isalnum() or ch in "_-." else "_" for ch in name)
+        parts.update({f"test_iou_{safe}": c["iou"], f"test_dice_{safe}": c["dice"]})
+    out = {}
+    for key, est in parts.items():
+        if est is not None:
+            out[key] = est["value"]
+            out[key + "_ci95_low"] = est["ci95_low"]
+    out.update({"test_lesion_images": b["lesion"]["images"], "test_normal_images": b["normal"]["images"]})
+    return out
 
 
 # ---- gate and promote -----------------------------------------------------------------------

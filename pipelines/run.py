@@ -121,6 +121,7 @@ def _summary(cfg, data_md5, before, after, seconds, outputs: Path) -> dict:
         "champion_before": before and before["version"], "champion_after": after and after["version"],
         "metrics": evaluation and {k: v for k, v in evaluation["metrics"].items() if k in ("iou", "dice", "pooled_iou", "hd95")},
         "latency": evaluation and evaluation["latency"], "gate": decision,
+        "breakdown": evaluation and evaluation.get("breakdown"),
         "mlflow_tracking_uri": mlflow_runs.tracking_uri(), "outputs": str(run_dir) if run_dir else None,
         "mlflow_ui": f"mlflow ui --backend-store-uri {mlflow_runs.tracking_uri()} --port 5000",
     }

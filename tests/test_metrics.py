@@ -83,3 +83,39 @@ def test_loss_matches_reference_formula():
     dice = (2 * (p * t).sum(1) + 1e-5) / (p.sum(1) + t.sum(1) + 1e-5)
     expected = 0.5 * bce + 1 - dice.sum() / 3
     assert BCEDiceLoss()(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_loss_on_normal_images_is_bce_only():
+    """An empty mask adds no constant Dice term: a confident empty prediction costs almost nothing."""
+    import torch
+    loss = BCEDiceLoss()
+    empty = torch.zeros(2, 1, 8, 8)
+    assert loss(torch.full_like(empty, -12.0), empty).item() < 1e-4
+    logits = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, empty)
+    assert loss(logits, empty).item() == pytest.approx(0.5 * bce.item())
+    # a mixed batch: Dice over the lesion image only, BCE over both
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, 0, 2:5, 2:5] = 1
+    prob = torch.sigmoid(logits[:1]).flatten(1)
+    t = target[:1].flatten(1)
+    dice = (2 * (prob * t).sum(1) + 1e-5) / (prob.sum(1) + t.sum(1) + 1e-5)
+    expected = 0.5 * torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + 1 - dice.mean()
+    assert loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_sampler_brings_lesions_up_when_normals_dominate():
+    import numpy as np
+    from cmunext.engine.trainer import EpochSampler
+    has_lesion = np.array([True] * 2 + [False] * 18)
+    sampler = EpochSampler(20, seed=1, has_lesion=has_lesion, min_lesion_share=0.5)
+    drawn = []
+    for epoch in range(200):
+        sampler.set_epoch(epoch)
+        drawn += list(sampler)
+    assert len(drawn) == 4000 and abs(np.mean(has_lesion[drawn]) - 0.5) < 0.03
+    sampler.set_epoch(7)
+    assert list(sampler) == list(sampler)  # a pure function of (seed, epoch): resumable
+    plain = EpochSampler(20, seed=1, has_lesion=np.ones(20, bool), min_lesion_share=0.5)
+    assert sorted(plain) == list(range(20))  # enough lesions: the plain permutation, every image once
+    assert sorted(EpochSampler(20, 1, has_lesion, min_lesion_share=0.05)) == list(range(20))

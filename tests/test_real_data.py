@@ -73,7 +73,15 @@ def test_busi_duplicate_pair_under_each_policy(busi_subset, home, tmp_path, poli
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     run_id = json.loads((run_dir / "train-model" / "executor_output.json").read_text())["parameterValues"]["run_id"]
-    tags = client.get_run(run_id).data.tags
+    data = client.get_run(run_id).data
+    tags = data.tags
+    # per class (BUSI's mapping.csv), in the summary, on the screen and in MLflow
+    classes = summary["breakdown"]["classes"]
+    assert set(classes) <= {"benign", "malignant"} and sum(c["images"] for c in classes.values()) == len(splits["test"])
+    for name in classes:
+        assert f"test_iou_{name}" in data.metrics and f"test_iou_{name}_ci95_low" in data.metrics
+        assert f"    {name:<11} : {classes[name]['images']} images, IoU" in proc.stdout
+    assert data.metrics["test_lesion_images"] == len(splits["test"]) and data.metrics["test_normal_images"] == 0
     assert tags["data_duplicates_policy"] == policy and tags["data_duplicates_removed"] == str(len(removed))
     assert json.loads(tags["data_duplicates_merged"]) == merged
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="data/duplicates.json",

@@ -128,3 +128,23 @@ def test_cli_errors_are_clear(args, message, tmp_path):
     proc = cli(*args, env={"CMUNEXT_HOME": str(tmp_path)})
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_normal_images_train_and_are_scored_apart(tmp_path):
+    """A set where half the images are normal (empty masks): training is well defined (finite loss; lesions
+    still drawn), and `cmunext evaluate` reports lesion and normal images apart."""
+    from cmunext.data.synth import write_synthetic_dataset
+    data = write_synthetic_dataset(tmp_path / "data", 24, seed=3, empty_fraction=0.5, progress=False)
+    stems = list_pairs(data)
+    pre = tmp_path / "pre"
+    preprocess(data, {"train": stems[:16], "val": stems[16:20], "test": stems[20:]}, pre, 64, progress=False)
+    result = train(load_config(CI_TINY, ["train.epochs=2"]), pre, tmp_path / "run", progress=False)
+    assert all(np.isfinite(h["train_loss"]) and h["train_loss"] < 2 for h in result.history)
+    proc = cli("evaluate", "--model", str(result.weights), "--data", str(data), "--json", str(tmp_path / "ev.json"),
+               "--config", str(CI_TINY))
+    assert proc.returncode == 0, proc.stderr
+    b = json.loads((tmp_path / "ev.json").read_text())["breakdown"]
+    normal = sum(1 for s in stems if not np.asarray(__import__("PIL.Image").Image.open(data / "masks" / f"{s}.png")).any())
+    assert b["normal"]["images"] == normal and b["lesion"]["images"] == 24 - normal and 0 < normal < 24
+    assert 0 <= b["detection"]["specificity"]["value"] <= 1 and b["normal"]["false_positive_area"] is not None
+    assert f"normal      : {normal} images, predicted empty" in proc.stdout

@@ -102,6 +102,10 @@ class ShardDataset(_Augmented):
     def __len__(self) -> int:
         return len(self._index)
 
+    def has_lesion(self) -> np.ndarray:
+        """Per image: whether its mask has any lesion pixel (normal images have none)."""
+        return np.array([bool(masks[i].any()) for imgs, masks in self._shards for i in range(len(imgs))])
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         k, i = self._index[index]
         images, masks = self._shards[k]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
@@ -46,16 +47,26 @@ class TrainResult:
 
 
 class EpochSampler(Sampler[int]):
-    """A fresh permutation each epoch, a pure function of (seed, epoch): resumable."""
+    """A fresh permutation each epoch, a pure function of (seed, epoch): resumable. Given which images have a
+    lesion and a MIN_LESION_SHARE that they fall short of, it draws N images with replacement instead, lesion
+    images weighted up to that share, so that a set of mostly normal images still shows lesions."""
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, has_lesion=None, min_lesion_share: float = 0.0) -> None:
         self.n, self.seed, self.epoch = n, seed, 0
+        self.weights = None
+        if has_lesion is not None and 0 < int(has_lesion.sum()) < n:
+            share = float(has_lesion.mean())
+            if share < min_lesion_share:
+                lesion_w, normal_w = min_lesion_share / share, (1 - min_lesion_share) / (1 - share)
+                self.weights = torch.tensor(np.where(has_lesion, lesion_w, normal_w), dtype=torch.double)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is not None:
+            return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
         return iter(torch.randperm(self.n, generator=g).tolist())
 
     def __len__(self) -> int:
@@ -118,7 +129,7 @@ def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: boo
                             channels=channels, seed=tc.seed)
     val_ds = ShardDataset(data_dir, "val", eval_transform(cfg.data.image_size, channels), channels=channels)
     sampler = (DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed)
-               if world > 1 else EpochSampler(len(train_ds), tc.seed))
+               if world > 1 else EpochSampler(len(train_ds), tc.seed, train_ds.has_lesion(), tc.min_lesion_share))
     loader_kw = dict(num_workers=tc.workers, persistent_workers=tc.workers > 0, pin_memory=device.type == "cuda")
     train_loader = DataLoader(train_ds, batch_size=tc.batch_size, sampler=sampler, **loader_kw)
     val_loader = DataLoader(val_ds, batch_size=max(1, tc.batch_size), shuffle=False, **loader_kw)
