@@ -88,12 +88,18 @@ def cmd_data_validate(args) -> int:
 
 
 def cmd_data_split(args) -> int:
-    from .data.split import make_split, write_split
-    split = make_split(args.dir, tuple(args.ratios), args.seed)
-    write_split(split, args.out)
+    from .data.duplicates import read_classes
+    from .data.split import make_split, read_split_file, write_split
+    out = Path(args.out) if args.out else Path(args.dir) / "splits.json"
+    existing = read_split_file(out) if out.is_file() else None
+    split = make_split(args.dir, tuple(args.ratios), args.seed, existing=existing, classes=read_classes(Path(args.dir)))
+    write_split(split, out)
     info = split["info"]
-    print(f"{args.out}: train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])} "
-          f"({info['groups']} groups, {info['near_duplicate_groups']} near-duplicate groups "
+    print(f"{out}: train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])}; "
+          f"{info['kept']} kept where they were, {info['assigned']} assigned now"
+          + (f", {len(info['gone'])} no longer in the data" if info["gone"] else "")
+          + (", stratified by class (mapping.csv)" if info["stratified"] else "")
+          + f" ({info['groups']} groups, {info['near_duplicate_groups']} near-duplicate groups "
           f"holding {info['images_in_near_duplicate_groups']} images)")
     return 0
 
@@ -351,9 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--empty-fraction", type=float, default=0.0, help="share of images without a lesion")
     p.set_defaults(func=cmd_data_synth)
-    p = dsub.add_parser("split", help="deterministic, near-duplicate-grouped train/val/test split")
+    p = dsub.add_parser("split", help="write or update DIR/splits.json: grouped, stratified, frozen once made")
     p.add_argument("dir")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="split file (default DIR/splits.json); an existing one keeps every assignment")
     p.add_argument("--ratios", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=41)
     p.set_defaults(func=cmd_data_split)

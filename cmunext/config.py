@@ -40,6 +40,11 @@ class DataConfig(_Section):
     image_size: int = Field(256, ge=16, multiple_of=16)
     split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
     split_seed: int = 41
+    # A frozen split: DIR/splits.json of the dataset when present (`cmunext data split DIR`), or this file
+    # (relative to the dataset, or absolute): {"train", "val", "test"} lists of stems, or nnU-Net's
+    # splits_final.json with split_fold. Stems it names keep their split; new stems are assigned.
+    split_file: str | None = None
+    split_fold: int = Field(0, ge=0)
     augment: bool = True
     allow_empty_masks: bool = True
     min_samples: int = Field(10, ge=1)

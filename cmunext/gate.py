@@ -80,7 +80,13 @@ def report_markdown(decision: dict, evaluation: dict) -> str:
               f"pooled IoU {m['pooled_iou']['value']:.4f}; p50/p95 latency {evaluation['latency']['p50_ms']:.1f}/"
               f"{evaluation['latency']['p95_ms']:.1f} ms ({evaluation['latency'].get('artifact', 'eager')})."]
     if decision["champion_version"]:
-        lines.append(f"Compared against champion version {decision['champion_version']}.")
+        champ = evaluation.get("champion") or {}
+        excluded = champ.get("excluded_trained_on") or []
+        lines.append(f"Compared against champion version {decision['champion_version']}"
+                     + (f" on {champ['comparison']['images']} test images" if "comparison" in champ else "")
+                     + (f", leaving out {len(excluded)} it was trained on" if excluded else "")
+                     + (" (its training split was not logged: not checked)"
+                        if champ.get("trained_on_check", "checked") != "checked" else "") + ".")
     b = evaluation.get("breakdown")
     if b:
         lines += ["", "| images | n | IoU [95% CI] | Dice |", "|---|---|---|---|"]

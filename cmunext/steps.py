@@ -22,6 +22,7 @@ def _log_to_stderr() -> None:
 
 
 DUPLICATES_REPORT = "duplicates.json"  # beside images/ and masks/ in the dataset and preprocessed artifacts
+SPLIT_ARTIFACT = "data/splits.json"  # in every training run's MLflow artifacts
 
 
 class StepFailed(CmunextError):
@@ -68,11 +69,30 @@ def validate(cfg: RunConfig, data_dir: str | Path, report_dir: str | Path) -> di
 
 # ---- preprocess -----------------------------------------------------------------------------
 
+def frozen_split(cfg: RunConfig, data_dir: Path) -> tuple[dict | None, str]:
+    """The split the data carries (data.split_file, else DIR/splits.json), and where it came from."""
+    from .data.dataset import list_pairs
+    from .data.split import read_split_file
+
+    if cfg.data.split_file:
+        path = Path(cfg.data.split_file)
+        path = path if path.is_absolute() else data_dir / path
+        return read_split_file(path, list_pairs(data_dir), cfg.data.split_fold), f"data.split_file {cfg.data.split_file}"
+    if (data_dir / "splits.json").is_file():
+        return read_split_file(data_dir / "splits.json"), "splits.json of the dataset"
+    return None, "made now (no splits.json in the dataset: `cmunext data split DIR` freezes one)"
+
+
 def preprocess(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_revision: str) -> dict:
+    from .data.duplicates import read_classes
     from .data.preprocess import preprocess as write_shards
     from .data.split import make_split, write_split
 
-    split = make_split(data_dir, cfg.data.split_ratios, cfg.data.split_seed, progress=False)
+    data_dir = Path(data_dir)
+    existing, source = frozen_split(cfg, data_dir)
+    split = make_split(data_dir, cfg.data.split_ratios, cfg.data.split_seed, progress=False, existing=existing,
+                       classes=read_classes(data_dir))
+    split["info"]["source"] = source
     manifest = write_shards(data_dir, split, out_dir, cfg.data.image_size, cfg.model.in_channels,
                             data_revision=data_revision, progress=False)
     write_split(split, Path(out_dir) / "splits.json")
@@ -104,6 +124,7 @@ def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_revisi
         marker.write_text(run_id + "\n")
     mlflow_runs.set_tags(run_id, {"status_detail": "training"})
     _record_duplicates(run_id, Path(data_dir) / DUPLICATES_REPORT)
+    _record_split(run_id, Path(data_dir) / "splits.json")
     # one log line per epoch is the progress in the task's log (a bar per batch floods it)
     result = train_any(cfg, data_dir, out_dir, resume=True, callbacks=[mlflow_runs.EpochLogger(run_id)],
                        progress=False)
@@ -118,6 +139,18 @@ def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_revisi
     mlflow_runs.set_tags(run_id, {"status_detail": "trained", "model_uri": model_uri})
     return {"run_id": run_id, "model_uri": model_uri, "weights": str(result.weights),
             "best_epoch": result.best_epoch, "best_val_iou": result.best_val_iou}
+
+
+def _record_split(run_id: str, path: Path) -> None:
+    """The run's split, with it: a later run's evaluate reads it to never score this model on its training images."""
+    from .tracking import mlflow_runs
+    if not path.is_file():
+        return
+    split = json.loads(path.read_text())
+    info = split.get("info", {})
+    mlflow_runs.set_tags(run_id, {"split_source": str(info.get("source", "made now")),
+                                  "split_sizes": json.dumps({k: len(split.get(k, [])) for k in ("train", "val", "test")})})
+    mlflow_runs.log_json(run_id, split, SPLIT_ARTIFACT)
 
 
 def _record_duplicates(run_id: str, report: Path) -> None:
@@ -147,6 +180,17 @@ def _champion_weights(model_name: str, dest: Path) -> tuple[dict, Path] | None:
     if not found:
         raise StepFailed(f"champion {model_name} v{champ['version']} has no weights file in its artifacts")
     return champ, found[0]
+
+
+def _trained_on(run_id: str, dest: Path) -> set[str] | None:
+    """The stems a model was trained or validated on (its run's split), None when its run has no split logged."""
+    import mlflow
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SPLIT_ARTIFACT, dst_path=str(dest))
+    except Exception:  # noqa: BLE001 - a champion trained before splits were logged: unknown, and recorded so
+        return None
+    split = json.loads(Path(path).read_text())
+    return set(split.get("train", [])) | set(split.get("val", []))
 
 
 def _score(cfg: RunConfig, weights: Path, data_dir: Path, stems: list[str], workdir: Path) -> tuple[list, dict, object]:
@@ -215,17 +259,26 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
     found = _champion_weights(cfg.registry.model_name, out_dir / "champion")
     if found is not None:
         champ, champ_weights = found
-        c_rows, c_lat, _ = _score(cfg, champ_weights, data_dir, stems, out_dir / "champion_artifact")
+        # never score the champion on an image it trained on: compare on the test images it has not seen
+        seen = _trained_on(champ["run_id"], out_dir / "champion_split")
+        fair = [s for s in stems if seen is None or s not in seen]
+        if not fair:
+            raise StepFailed(f"champion v{champ['version']} trained on every image of this test split; freeze the "
+                             "split with `cmunext data split DIR` so the test images stay test")
+        c_rows, c_lat, _ = _score(cfg, champ_weights, data_dir, fair, out_dir / "champion_artifact")
+        mine = [r for r in rows if r["stem"] in set(fair)]
         by_class: dict[str, set[str]] = {}
         for r in rows:
             if classes.get(r["stem"]):
                 by_class.setdefault(classes[r["stem"]], set()).add(r["stem"])
         evaluation["champion"] = {"version": champ["version"], "run_id": champ["run_id"],
                                   "metrics": summarize(c_rows, cfg.eval.bootstrap), "latency": c_lat,
-                                  "comparison": compare(rows, c_rows, cfg.eval.bootstrap),
+                                  "comparison": compare(mine, c_rows, cfg.eval.bootstrap),
                                   "breakdown": breakdown(c_rows, classes, cfg.eval.bootstrap),
-                                  "classes": {k: compare_class(rows, c_rows, v, cfg.eval.bootstrap)
-                                              for k, v in sorted(by_class.items())}}
+                                  "classes": {k: compare_class(mine, c_rows, v, cfg.eval.bootstrap)
+                                              for k, v in sorted(by_class.items())},
+                                  "trained_on_check": "unavailable: its run logged no split" if seen is None else
+                                  "checked", "excluded_trained_on": sorted(set(stems) - set(fair))}
     gallery_png = gallery(rows, predictor.probabilities, data_dir, out_dir / "gallery.png", cfg.eval.gallery_size,
                           cfg.eval.threshold) if cfg.eval.gallery_size else None
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
@@ -236,6 +289,9 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
         flat.update({"latency_p50_ms": lat["p50_ms"], "latency_p95_ms": lat["p95_ms"],
                      "params": evaluation["params"], "gmacs": evaluation["macs"] / 1e9})
         flat.update(_breakdown_metrics(evaluation["breakdown"]))
+        if evaluation["champion"]:
+            flat["champion_compared_images"] = evaluation["champion"]["comparison"]["images"]
+            flat["champion_excluded_trained_on"] = len(evaluation["champion"]["excluded_trained_on"])
         mlflow_runs.log_metrics(run_id, flat)
         mlflow_runs.log_json(run_id, evaluation, "evaluation/evaluation.json")
         if gallery_png:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,3 +238,59 @@ def test_retrain_runs_when_the_champion_is_too_old(first_run, env):
     after = registry(env)
     assert after["champion"]["version"] == str(int(before) + 1)
     assert [h["event"] for h in after["history"]][-1] == "promoted"
+
+
+# ---- a growing dataset: the test split stays frozen, and the champion is never scored on what it trained on ------
+
+def _evaluation(summary: dict) -> dict:
+    return json.loads((Path(summary["outputs"]) / "evaluate-model" / "evaluation").read_text())
+
+
+def _split(summary: dict) -> dict:
+    return json.loads((Path(summary["outputs"]) / "preprocess-data" / "preprocessed" / "splits.json").read_text())
+
+
+@pytest.mark.slow
+def test_growing_data_keeps_test_images_and_never_scores_the_champion_on_its_training(env, tmp_path):
+    from cmunext.data.synth import write_synthetic_dataset
+    model = "cmunext-growth"
+    v1 = write_synthetic_dataset(tmp_path / "v1", 32, seed=11, progress=False)
+    extra = write_synthetic_dataset(tmp_path / "extra", 16, seed=12, progress=False)
+    v2 = tmp_path / "v2"
+    shutil.copytree(v1, v2)
+    for sub in ("images", "masks"):
+        for f in (extra / sub).iterdir():
+            shutil.copy(f, v2 / sub / f"new_{f.name}")
+    unfrozen_v2 = tmp_path / "v2-unfrozen"
+    shutil.copytree(v2, unfrozen_v2)
+    for name in "abc":
+        (tmp_path / name).mkdir()
+
+    proc, first = run(env, tmp_path / "a", f"data.source={v1}", f"registry.model_name={model}")
+    assert proc.returncode == 0 and first["promoted"], proc.stderr[-3000:]
+    s1 = _split(first)
+    assert "made now" in s1["info"]["source"]
+
+    # frozen: v1's split written into v2 (`cmunext data split` keeps it and assigns the new images around it)
+    (v2 / "splits.json").write_text(json.dumps({k: s1[k] for k in ("train", "val", "test")}))
+    split = cmunext(env, "data", "split", str(v2))
+    assert split.returncode == 0 and "32 kept where they were, 16 assigned now" in split.stdout, split.stderr
+    proc, frozen = run(env, tmp_path / "b", f"data.source={v2}", f"registry.model_name={model}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s2 = _split(frozen)
+    assert s2["info"]["source"] == "splits.json of the dataset"
+    for name in ("train", "val", "test"):
+        assert set(s1[name]) <= set(s2[name]), name  # every v1 image where it was
+    champ = _evaluation(frozen)["champion"]  # the champion was trained on s1: none of its images is in test
+    assert champ["trained_on_check"] == "checked" and champ["excluded_trained_on"] == []
+    assert champ["comparison"]["images"] == len(s2["test"])
+
+    # unfrozen: the same data split afresh moves images between splits; the champion (trained on s2) is compared
+    # only on the test images it never saw, and what was left out is recorded
+    proc, unfrozen = run(env, tmp_path / "c", f"data.source={unfrozen_v2}", f"registry.model_name={model}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ev = _evaluation(unfrozen)["champion"]
+    seen = set(s2["train"]) | set(s2["val"]) if frozen["promoted"] else set(s1["train"]) | set(s1["val"])
+    test = set(_split(unfrozen)["test"])
+    assert ev["trained_on_check"] == "checked" and set(ev["excluded_trained_on"]) == test & seen
+    assert ev["comparison"]["images"] == len(test - seen) > 0
