@@ -304,3 +304,38 @@ def test_unknown_severity_key_is_refused():
         load_config(None, ["data.severity.mask_binaryy=warn"])
     with pytest.raises(ConfigError, match="data.duplicates"):
         load_config(None, ["data.duplicates=unite"])
+
+
+# ------------------------------------------------------------------ Data Docs offline
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no headless browser: install Debian's `chromium` (make test does) to check the Data Docs")
+    # every host name fails to resolve: the page gets nothing from the network, as in a closed hospital network
+    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           "--disable-dev-shm-usage", "--host-resolver-rules=MAP * ~NOTFOUND",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_data_docs_render_offline(broken, tmp_path):
+    """No page loads anything from the network, and in a browser with no network the validation page is
+    styled (Bootstrap's colours) and its tables are built (bootstrap-table's JavaScript ran)."""
+    from cmunext.data.docs_offline import external_resources
+    summary, _, _ = broken
+    site = Path(summary["data_docs"]).parent
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) >= 3 and summary["data_docs_external"] == []
+    assert {p.name: external_resources(p.read_text()) for p in pages} == {p.name: [] for p in pages}
+    page = next(p for p in pages if "validations" in p.parts)
+    dom = _chromium(tmp_path, "--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'class="bootstrap-table' in dom.stdout and "fixed-table-container" in dom.stdout
+    assert "every sample has a decodable mask" in dom.stdout
+    shot = tmp_path / "data_docs.png"
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1000", page.as_uri())
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+    bootstrap_blue = (np.abs(pixels.astype(int) - (0, 123, 255)).sum(axis=1) < 30).sum()
+    assert bootstrap_blue > 500, "the page is not styled: Bootstrap's CSS did not load"

@@ -29,6 +29,7 @@ import pandas as pd
 
 from ..config import VALIDATION_CHECKS
 from . import duplicates as dup
+from .docs_offline import make_offline
 from .fingerprint import dhash, near_duplicate_groups
 from .imageio import IMAGE_SUFFIXES, MAX_PIXELS, DataError, open_image, to_array
 
@@ -400,6 +401,7 @@ def validate_dataset(root, report_dir, *, min_samples=10, min_side=32, max_side=
     docs_dir = (report_dir / "data_docs").resolve()
     suite = _expectations(min_samples, min_side, max_side, allow_empty_masks, max_foreground)
     results = sorted(_run_suite(table, suite, docs_dir), key=lambda r: r.expectation_config.meta["rank"])
+    external = make_offline(docs_dir)  # the report must render where no CDN is reachable
     checks = [_describe(res, table) | {"severity": severity.get(c, "block")}
               for res, c in ((res, res.expectation_config.meta["name"]) for res in results)]
     exact, near = _duplicate_groups(table)
@@ -416,6 +418,7 @@ def validate_dataset(root, report_dir, *, min_samples=10, min_side=32, max_side=
         "exact_duplicate_groups": exact,
         "near_duplicate_groups": near,
         "data_docs": str(docs_dir / "index.html"),
+        "data_docs_external": external,
         "report_dir": str(report_dir.resolve()),
     }
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
