@@ -135,6 +135,10 @@ def cmd_evaluate(args) -> int:
     import tempfile
 
     cfg = load_config(args.config, args.set) if args.config else RunConfig()
+    if args.folds:
+        return _evaluate_folds(cfg, args)
+    if not args.model:
+        raise ValueError("cmunext evaluate needs --model (or --folds K to cross-validate)")
     stems = list_pairs(args.data)
     if args.split:
         stems = json.loads(Path(args.split).read_text())[args.split_name]
@@ -181,6 +185,8 @@ def format_run_summary(s: dict) -> str:
         lines.append(f"  test IoU      : {m['iou']['value']:.4f} [{m['iou']['ci95_low']:.4f}, {m['iou']['ci95_high']:.4f}] "
                      f"Dice {m['dice']['value']:.4f}  HD95 {m['hd95']['value']:.1f} px")
         lines += _breakdown_lines(s.get("breakdown"))
+        if s.get("cross_validation"):
+            lines.append(_cv_line(s["cross_validation"]))
         lines.append(f"  latency       : p50 {s['latency']['p50_ms']:.1f} ms, p95 {s['latency']['p95_ms']:.1f} ms "
                      f"({s['latency'].get('artifact', '')})")
     gate = s["gate"] or {}
@@ -196,6 +202,33 @@ def format_run_summary(s: dict) -> str:
               f"  MLflow        : {s['mlflow_tracking_uri']}",
               f"  MLflow UI     : {s['mlflow_ui']}", "=" * 72]
     return "\n".join(lines)
+
+
+def _evaluate_folds(cfg, args) -> int:
+    """K-fold grouped CV on the images outside the test split of --split, DIR/splits.json, or a split made now."""
+    import tempfile
+
+    from .cross_validation import cross_validate
+    from .data.duplicates import read_classes
+    from .data.split import make_split, read_split_file
+    data = Path(args.data)
+    classes = read_classes(data)
+    frozen = Path(args.split) if args.split else data / "splits.json"
+    split = (read_split_file(frozen) if frozen.is_file() else
+             make_split(data, cfg.data.split_ratios, cfg.data.split_seed, progress=False, classes=classes))
+    with tempfile.TemporaryDirectory() as tmp:
+        cv = cross_validate(cfg, data, split, args.folds, Path(tmp), classes)
+    if args.json:
+        Path(args.json).write_text(json.dumps(cv, indent=1))
+    for r in cv["per_fold"]:
+        print(f"  fold {r['fold']}: {r['images']} images, IoU {r['iou']:.4f}, Dice {r['dice']:.4f} (best epoch {r['best_epoch']})")
+    print(_cv_line(cv))
+    return 0
+
+
+def _cv_line(cv: dict) -> str:
+    return (f"  {cv['folds']}-fold CV    : IoU {_ci(cv['iou'])}, Dice {cv['dice']['value']:.4f} "
+            f"(mean over folds of {cv['pool_images']} images outside the test split; t-interval)")
 
 
 def _ci(est: dict) -> str:
@@ -407,8 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="metrics and latency of a model on a dataset")
-    p.add_argument("--model", required=True, help="model.safetensors")
+    p = sub.add_parser("evaluate", help="metrics and latency of a model on a dataset, or K-fold cross-validation")
+    p.add_argument("--model", help="model.safetensors")
+    p.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="train and score K models on grouped folds of the images outside the test split (--config's recipe)")
     p.add_argument("--data", required=True, help="dataset folder in the project layout")
     p.add_argument("--split", help="splits.json to take the stems from")
     p.add_argument("--split-name", default="test")

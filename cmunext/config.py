@@ -105,6 +105,15 @@ class EvalConfig(_Section):
     int8_max_iou_drop: float = Field(0.005, ge=0, le=1)
     int8_min_speedup: float = Field(1.0, ge=0)
     int8_calibration_images: int = Field(32, ge=1)
+    # K-fold grouped cross-validation on the images outside the test split (K extra trainings), reported
+    # beside the held-out test figure; 0 = off (cmunext/cross_validation.py).
+    cv_folds: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _folds(self) -> "EvalConfig":
+        if self.cv_folds == 1:
+            raise ValueError("eval.cv_folds: 0 (off) or at least 2")
+        return self
 
 
 class GateConfig(_Section):

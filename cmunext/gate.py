@@ -83,7 +83,7 @@ def report_markdown(decision: dict, evaluation: dict) -> str:
         champ = evaluation.get("champion") or {}
         excluded = champ.get("excluded_trained_on") or []
         lines.append(f"Compared against champion version {decision['champion_version']}"
-                     + (f" on {champ['comparison']['images']} test images" if "comparison" in champ else "")
+                     + (f" on {champ['comparison']['images']} test images" if "images" in champ.get("comparison", {}) else "")
                      + (f", leaving out {len(excluded)} it was trained on" if excluded else "")
                      + (" (its training split was not logged: not checked)"
                         if champ.get("trained_on_check", "checked") != "checked" else "") + ".")

@@ -279,6 +279,10 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
                                               for k, v in sorted(by_class.items())},
                                   "trained_on_check": "unavailable: its run logged no split" if seen is None else
                                   "checked", "excluded_trained_on": sorted(set(stems) - set(fair))}
+    if cfg.eval.cv_folds:
+        from .cross_validation import cross_validate
+        split = json.loads((Path(preprocessed_dir) / "splits.json").read_text())
+        evaluation["cross_validation"] = cross_validate(cfg, data_dir, split, cfg.eval.cv_folds, out_dir / "cv", classes)
     gallery_png = gallery(rows, predictor.probabilities, data_dir, out_dir / "gallery.png", cfg.eval.gallery_size,
                           cfg.eval.threshold) if cfg.eval.gallery_size else None
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
@@ -289,6 +293,11 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
         flat.update({"latency_p50_ms": lat["p50_ms"], "latency_p95_ms": lat["p95_ms"],
                      "params": evaluation["params"], "gmacs": evaluation["macs"] / 1e9})
         flat.update(_breakdown_metrics(evaluation["breakdown"]))
+        if evaluation.get("cross_validation"):
+            cv = evaluation["cross_validation"]
+            flat.update({"cv_iou": cv["iou"]["value"], "cv_iou_ci95_low": cv["iou"]["ci95_low"],
+                         "cv_iou_ci95_high": cv["iou"]["ci95_high"], "cv_dice": cv["dice"]["value"],
+                         "cv_folds": cv["folds"]})
         if evaluation["champion"]:
             flat["champion_compared_images"] = evaluation["champion"]["comparison"]["images"]
             flat["champion_excluded_trained_on"] = len(evaluation["champion"]["excluded_trained_on"])

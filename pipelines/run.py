@@ -122,6 +122,7 @@ def _summary(cfg, data_md5, before, after, seconds, outputs: Path) -> dict:
         "metrics": evaluation and {k: v for k, v in evaluation["metrics"].items() if k in ("iou", "dice", "pooled_iou", "hd95")},
         "latency": evaluation and evaluation["latency"], "gate": decision,
         "breakdown": evaluation and evaluation.get("breakdown"),
+        "cross_validation": evaluation and evaluation.get("cross_validation"),
         "mlflow_tracking_uri": mlflow_runs.tracking_uri(), "outputs": str(run_dir) if run_dir else None,
         "mlflow_ui": f"mlflow ui --backend-store-uri {mlflow_runs.tracking_uri()} --port 5000",
     }

@@ -294,3 +294,18 @@ def test_growing_data_keeps_test_images_and_never_scores_the_champion_on_its_tra
     test = set(_split(unfrozen)["test"])
     assert ev["trained_on_check"] == "checked" and set(ev["excluded_trained_on"]) == test & seen
     assert ev["comparison"]["images"] == len(test - seen) > 0
+
+
+@pytest.mark.slow
+def test_cross_validation_beside_the_test_figure(env, tmp_path):
+    proc, summary = run(env, tmp_path, "eval.cv_folds=2", "registry.model_name=cmunext-cv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cv = summary["cross_validation"]
+    assert cv["folds"] == 2 and sum(r["images"] for r in cv["per_fold"]) == cv["pool_images"]
+    assert "2-fold CV    : IoU" in proc.stdout and "  test IoU      :" in proc.stdout
+    import mlflow
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    run_id = json.loads((Path(summary["outputs"]) / "train-model" / "executor_output.json").read_text())[
+        "parameterValues"]["run_id"]
+    metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
+    assert metrics["cv_iou"] == pytest.approx(cv["iou"]["value"]) and metrics["cv_folds"] == 2
