@@ -1,6 +1,6 @@
 """int8 static quantisation against the fp32 serving artifact: BUSI test IoU and speed (batch 1 and 8).
 Needs trained weights and the dataset they were trained on, with its splits.json (the pipeline's
-preprocess output, or `cmunext train`'s), e.g. after `cmunext train --config configs/busi-cpu.yaml`:
+preprocess output, or `cmunext train`'s), e.g. after `cmunext train --config configs/busi.yaml`:
 
     python benchmarks/int8_trade.py --weights RUN/model.safetensors --data ../shared/datasets/busi \
         --split STATE/preprocessed/<key>/splits.json [--calibration 32] [--json F]

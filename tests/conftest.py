@@ -190,3 +190,16 @@ def tiny_bento(tmp_path_factory) -> dict:
         result = package_model(weights, model_name="cmunext-tiny", model_version=1, run_id="run-tiny",
                                data_revision="rev-tiny", metrics={}, runs=3)
     return {**result, "home": home, "bentoml_home": home / "bentoml", "weights": weights}
+
+
+def grown_dataset(base: Path, n_old: int, n_new: int, seed: int) -> tuple[Path, Path]:
+    """A dataset and its next version: v1 with N_OLD synthetic pairs, v2 = v1 plus N_NEW new ones (`new_*`)."""
+    from cmunext.data.synth import write_synthetic_dataset
+    v1 = write_synthetic_dataset(base / "v1", n_old, seed=seed, progress=False)
+    extra = write_synthetic_dataset(base / "extra", n_new, seed=seed + 1, progress=False)
+    v2 = base / "v2"
+    shutil.copytree(v1, v2)
+    for sub in ("images", "masks"):
+        for f in (extra / sub).iterdir():
+            shutil.copy(f, v2 / sub / f"new_{f.name}")
+    return v1, v2

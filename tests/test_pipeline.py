@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, VENV_BIN
+from conftest import ROOT, VENV_BIN, grown_dataset
 
 CI_TINY = str(ROOT / "configs" / "ci-tiny.yaml")
 MODEL = "cmunext-ci"
@@ -252,15 +252,8 @@ def _split(summary: dict) -> dict:
 
 @pytest.mark.slow
 def test_growing_data_keeps_test_images_and_never_scores_the_champion_on_its_training(env, tmp_path):
-    from cmunext.data.synth import write_synthetic_dataset
     model = "cmunext-growth"
-    v1 = write_synthetic_dataset(tmp_path / "v1", 32, seed=11, progress=False)
-    extra = write_synthetic_dataset(tmp_path / "extra", 16, seed=12, progress=False)
-    v2 = tmp_path / "v2"
-    shutil.copytree(v1, v2)
-    for sub in ("images", "masks"):
-        for f in (extra / sub).iterdir():
-            shutil.copy(f, v2 / sub / f"new_{f.name}")
+    v1, v2 = grown_dataset(tmp_path, 32, 16, seed=11)
     unfrozen_v2 = tmp_path / "v2-unfrozen"
     shutil.copytree(v2, unfrozen_v2)
     for name in "abc":

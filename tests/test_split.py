@@ -11,22 +11,13 @@ import pytest
 
 from cmunext.data.imageio import DataError
 from cmunext.data.split import assign, make_split, read_split_file
-from cmunext.data.synth import write_synthetic_dataset
-from conftest import ROOT, VENV_BIN
+from conftest import ROOT, VENV_BIN, grown_dataset
 
 
 @pytest.fixture(scope="module")
 def grown(tmp_path_factory) -> tuple[Path, Path]:
     """v1: 40 synthetic pairs; v2: the same 40 plus 20 new ones (different seed)."""
-    base = tmp_path_factory.mktemp("grow")
-    v1 = write_synthetic_dataset(base / "v1", 40, seed=5, progress=False)
-    extra = write_synthetic_dataset(base / "extra", 20, seed=6, progress=False)
-    v2 = base / "v2"
-    shutil.copytree(v1, v2)
-    for sub in ("images", "masks"):
-        for f in (extra / sub).iterdir():
-            shutil.copy(f, v2 / sub / f"new_{f.name}")
-    return v1, v2
+    return grown_dataset(tmp_path_factory.mktemp("grow"), 40, 20, seed=5)
 
 
 def test_groups_never_cross_splits_and_ratios_hold():
