@@ -203,3 +203,14 @@ def grown_dataset(base: Path, n_old: int, n_new: int, seed: int) -> tuple[Path, 
         for f in (extra / sub).iterdir():
             shutil.copy(f, v2 / sub / f"new_{f.name}")
     return v1, v2
+
+
+# The slowest modules run last, so a failure elsewhere shows first (whole modules move: their fixtures stay shared).
+SLOWEST_LAST = ("test_pipeline.py", "test_security.py", "test_real_data.py", "test_load.py", "test_faults.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = item.path.name
+        return SLOWEST_LAST.index(name) + 1 if name in SLOWEST_LAST else 0
+    items.sort(key=rank)  # stable: the order within a module, and among the others, is kept
