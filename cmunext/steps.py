@@ -96,8 +96,8 @@ def preprocess(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_r
     manifest = write_shards(data_dir, split, out_dir, cfg.data.image_size, cfg.model.in_channels,
                             data_revision=data_revision, progress=False)
     write_split(split, Path(out_dir) / "splits.json")
-    if (Path(data_dir) / DUPLICATES_REPORT).is_file():
-        shutil.copyfile(Path(data_dir) / DUPLICATES_REPORT, Path(out_dir) / DUPLICATES_REPORT)
+    if (data_dir / DUPLICATES_REPORT).is_file():
+        shutil.copyfile(data_dir / DUPLICATES_REPORT, Path(out_dir) / DUPLICATES_REPORT)
     return {"split": split["info"], "stats": {k: v["stats"] for k, v in manifest["splits"].items()}}
 
 
@@ -262,11 +262,12 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
         # never score the champion on an image it trained on: compare on the test images it has not seen
         seen = _trained_on(champ["run_id"], out_dir / "champion_split")
         fair = [s for s in stems if seen is None or s not in seen]
+        fair_set = set(fair)
         if not fair:
             raise StepFailed(f"champion v{champ['version']} trained on every image of this test split; freeze the "
                              "split with `cmunext data split DIR` so the test images stay test")
         c_rows, c_lat, _ = _score(cfg, champ_weights, data_dir, fair, out_dir / "champion_artifact")
-        mine = [r for r in rows if r["stem"] in set(fair)]
+        mine = [r for r in rows if r["stem"] in fair_set]
         by_class: dict[str, set[str]] = {}
         for r in rows:
             if classes.get(r["stem"]):
@@ -278,7 +279,7 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
                                   "classes": {k: compare_class(mine, c_rows, v, cfg.eval.bootstrap)
                                               for k, v in sorted(by_class.items())},
                                   "trained_on_check": "unavailable: its run logged no split" if seen is None else
-                                  "checked", "excluded_trained_on": sorted(set(stems) - set(fair))}
+                                  "checked", "excluded_trained_on": sorted(set(stems) - fair_set)}
     if cfg.eval.cv_folds:
         from .cross_validation import cross_validate
         split = json.loads((Path(preprocessed_dir) / "splits.json").read_text())

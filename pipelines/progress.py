@@ -13,6 +13,7 @@ import logging
 import re
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -121,12 +122,15 @@ def captured(log_file: Path, verbose: bool = False) -> Iterator[RunLog]:
     handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s", "%H:%M:%S"))
     root.handlers = [handler]
     root.setLevel(logging.INFO)
-    logging.captureWarnings(True)  # kfp.local warns once per step about settings it ignores: into the log
+    # kfp.local warns once per step about settings it ignores: into the log, not onto the screen
+    saved_showwarning = warnings.showwarning
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: log.write(
+        warnings.formatwarning(message, category, filename, lineno, line))
     sys.stdout = log
     try:
         yield log
     finally:
         sys.stdout = real
-        logging.captureWarnings(False)
+        warnings.showwarning = saved_showwarning
         root.handlers, root.level = saved_handlers, saved_level
         log.close()

@@ -64,7 +64,8 @@ def test_failure_reason_without_traceback_is_the_last_lines():
 def test_captured_takes_stdout_logging_and_warnings_and_gives_them_back(tmp_path, capsys):
     import warnings
     before = logging.getLogger().handlers[:]
-    with captured(tmp_path / "run.log"):
+    with captured(tmp_path / "run.log"), warnings.catch_warnings():
+        warnings.simplefilter("always")  # another library may have silenced UserWarning for the process
         print("    plain output")
         logging.getLogger("kfp").info("Executing task 'x'")
         warnings.warn("settings ['display_name'] have no effect")

@@ -367,19 +367,24 @@ def _duplicate_groups(table: pd.DataFrame) -> tuple[list[list[str]], list[list[s
     return sorted(exact), sorted(near)
 
 
-def _resolve_duplicates(root: Path, table: pd.DataFrame, policy: str, apply: bool,
-                        progress: bool) -> tuple[pd.DataFrame, dup.Plan]:
+def _resolve_duplicates(root: Path, table: pd.DataFrame, policy: str, apply: bool) -> tuple[pd.DataFrame, dup.Plan]:
     """The duplicates policy: carried out on ROOT (a run's snapshot) with APPLY, else only taken out of the
-    table, so that `cmunext data validate` on a source folder gives the verdict a run would."""
+    table, so that `cmunext data validate` on a source folder gives the verdict a run would. Either way the
+    removed stems leave the table; with APPLY the united masks are inspected again (only those)."""
     exact, _ = _duplicate_groups(table)
     decodable = set(table.loc[table["mask_decodes"].fillna(False).astype(bool), "stem"])
     groups = [g for g in exact if set(g) <= decodable]  # an undecodable mask fails its own check
     files = table.set_index("stem")
     plan = dup.plan(root, groups, files["mask_file"].to_dict(), policy)
+    table = table[~table["stem"].isin(plan.removed)]
     if apply and (plan.removed or plan.merged):
         dup.apply(root, plan, files["image_file"].to_dict(), files["mask_file"].to_dict())
-        return scan_dataset(root, progress=progress), plan
-    return table[~table["stem"].isin(plan.removed)].reset_index(drop=True), plan
+    if apply and plan.merged:
+        images, masks = _list_files(root / "images"), _list_files(root / "masks")
+        merged = [_sample_row(s, images[s], masks[s], root, root.resolve()) for s in plan.merged]
+        table = pd.concat([table[~table["stem"].isin(plan.merged)],
+                           pd.DataFrame(merged, columns=list(COLUMNS)).astype(COLUMNS)]).sort_values("stem")
+    return table.reset_index(drop=True), plan
 
 
 def validate_dataset(root, report_dir, *, min_samples=10, min_side=32, max_side=4096,
@@ -393,7 +398,7 @@ def validate_dataset(root, report_dir, *, min_samples=10, min_side=32, max_side=
     root, report_dir = Path(root), Path(report_dir)
     severity = severity or {}
     table = scan_dataset(root, progress=progress)
-    table, plan = _resolve_duplicates(root, table, duplicates, apply_duplicates, progress)
+    table, plan = _resolve_duplicates(root, table, duplicates, apply_duplicates)
     report_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(report_dir / "samples.csv", index=False)
     (report_dir / "duplicates.json").write_text(json.dumps(plan.to_dict(), indent=1) + "\n")

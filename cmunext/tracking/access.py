@@ -47,13 +47,26 @@ def credentials_problem(uri: str) -> str:
     return f"MLflow at {uri} refused the credentials of user {user!r}: wrong username or password ({USERNAME}, {PASSWORD})"
 
 
+def _status(exc: BaseException) -> int | None:
+    code, text = getattr(exc, "error_code", None), str(exc)
+    if code == "UNAUTHENTICATED" or "error code 401" in text:
+        return 401
+    if code == "PERMISSION_DENIED" or "error code 403" in text:
+        return 403
+    return None
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether an MLflow error is the server refusing the credentials or the permission (401/403)."""
+    return _status(exc) is not None
+
+
 def explain(exc: BaseException, uri: str, what: str) -> str | None:
     """A user-facing message for an MLflow 401/403 error, or None for any other error."""
-    code = getattr(exc, "error_code", None)
-    text = str(exc)
-    if code == "UNAUTHENTICATED" or "error code 401" in text:
+    status = _status(exc)
+    if status == 401:
         return f"{what}: {credentials_problem(uri)}. Nothing was changed."
-    if code == "PERMISSION_DENIED" or "error code 403" in text:
+    if status == 403:
         return (f"{what}: MLflow at {uri} denied user {actor()!r} the permission (403); {FIX}. "
                 "Nothing was changed.")
     return None

@@ -116,7 +116,7 @@ def _ensure_model(client, model_name: str) -> None:
     try:
         client.get_registered_model(model_name)
     except MlflowException as exc:
-        if access.explain(exc, "", "") is not None:
+        if access.is_refusal(exc):
             raise
         client.create_registered_model(model_name, description="CMUNeXt lesion segmentation; alias 'champion' is served")
 
@@ -165,7 +165,7 @@ def promote(model_name: str, version: str, reason: str, expected_champion: str |
         try:
             client.get_model_version(model_name, version)
         except MlflowException as exc:
-            if access.explain(exc, "", "") is not None:
+            if access.is_refusal(exc):
                 raise
             raise RegistryError(f"{model_name} has no version {version!r}") from None
         current = _version_by_alias(client, model_name, CHAMPION)
