@@ -7,7 +7,7 @@ export BENTOML_DO_NOT_TRACK := True
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: install browser demo test test-fast bench bench-full clean-state
+.PHONY: install browser containers images demo test test-fast bench bench-full clean-state
 
 install: $(STAMP)
 
@@ -29,9 +29,21 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium not installed: the serving page test will skip"; }
 
+# podman (with runc) and debootstrap from Debian's packages, for `make images` and the container tests; podman's
+# settings stay in the project (infra/containers/containers.conf, read through CONTAINERS_CONF).
+containers:
+	@command -v podman >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null) || \
+	  echo "podman not installed: the container tests will skip"; }
+
+# The component and MLflow images (names: infra/k8s/components/images/images.conf). Without a reachable image
+# registry the base is built from Debian packages once (infra/containers/base-image.sh) and reused.
+images: install containers
+	$(BIN)/cmunext images build
+
 # The test suite CI runs: unit tests, integration tests with real services, and the slow fault and load
 # tests (marked `slow`); BUSI tests skip if the dataset is absent. test-fast leaves the slow ones out.
-test: install browser
+test: install browser containers
 	$(BIN)/python -m pytest
 
 test-fast: install browser

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -166,7 +167,7 @@ def cmd_evaluate(args) -> int:
 def cmd_pipeline_run(args) -> int:
     from pipelines.run import run_pipeline
     summary = run_pipeline(args.config, args.set, caching=not args.no_cache, if_changed=args.if_changed,
-                           verbose=args.verbose)
+                           verbose=args.verbose, runner=args.runner)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     print(format_run_summary(summary))
@@ -362,10 +363,84 @@ def cmd_serve(args) -> int:
             raise registry.RegistryError(str(exc)) from None
     from .serving.guard import api_token
     token = api_token()  # a required but missing token stops here, with the reason
+    if args.container:
+        return _serve_container(args, target, token)
     print(f"serving {target} on http://{args.host}:{args.port}/; the API "
           + ("requires 'Authorization: Bearer <CMUNEXT_API_TOKEN>'" if token else
              "is open: no token required (set CMUNEXT_API_TOKEN to require one)"), flush=True)
     serve(target, host=args.host, port=args.port)
+    return 0
+
+
+def _serve_container(args, bento_tag: str, token: str | None) -> int:
+    """The version's serving image (`cmunext containerize`), run in the foreground on --port."""
+    from .containers.engine import find_engine
+    from .containers.images import image_names
+    from .containers.serving import serve_container
+    from .serving.package import stores
+
+    labels = stores()[1].get(bento_tag).info.labels
+    image = image_names().serving(labels["mlflow_model"], labels["mlflow_version"])
+    env = {k: os.environ[k] for k in ("CMUNEXT_API_TOKEN", "CMUNEXT_REQUIRE_AUTH") if k in os.environ}
+    print(f"serving {image} (bento {bento_tag}) in a container on http://{args.host}:{args.port}/; the API "
+          + ("requires a token" if token else "is open"), flush=True)
+    return serve_container(find_engine(), image, args.port, args.host, env)
+
+
+def cmd_containerize(args) -> int:
+    from .containers.engine import find_engine
+    from .containers.serving import containerize
+    from .serving.package import stores
+    from .serving.serve import find_bento
+
+    version, bento_tag = _resolve_version(args)
+    labels = stores()[1].get(bento_tag).info.labels
+    result = containerize(find_engine(), bento_tag, labels.get("mlflow_model", _model_name(args)),
+                          labels.get("mlflow_version", version), base=args.base, verbose=args.verbose)
+    print(f"built {result['image']} ({result['size_mb']:,} MB, {result['seconds']:.0f} s) from bento {bento_tag}")
+    print(f"run it:  cmunext serve --container --model {version} --port 3000   "
+          f"(or: podman run --rm --pull=never --read-only --tmpfs /tmp -p 3000:3000 {result['image']})")
+    return 0
+
+
+def _resolve_version(args) -> tuple[str, str]:
+    """(MLflow version, bento tag) for --model champion|VERSION."""
+    from .serving.serve import find_bento
+    from .tracking import registry
+    name, version = _model_name(args), args.model
+    if version == "champion":
+        champ = registry.champion(name)
+        if champ is None:
+            raise registry.RegistryError(f"{name} has no champion yet: run the pipeline (make demo) first")
+        version = str(champ["version"])
+    elif not version.isdigit():
+        raise registry.RegistryError(f"--model must be champion or a version number of {name}, got {version!r}")
+    try:
+        return version, find_bento(version, name)
+    except LookupError as exc:
+        raise registry.RegistryError(str(exc)) from None
+
+
+def cmd_images_build(args) -> int:
+    from .containers.build import build_images
+    from .containers.engine import find_engine
+    extra = dict(kv.split("=", 1) for kv in args.build_arg)
+    results = build_images(find_engine(), args.only or None, base=args.base, extra_args=extra, verbose=args.verbose)
+    for r in results:
+        print(f"{r['image']}  (+ {r['latest'].rsplit(':', 1)[1]})  {r['size_mb']:,} MB  built in {r['seconds']:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def cmd_images_list(args) -> int:
+    from .containers.engine import find_engine
+    from .containers.images import IMAGES_CONF, image_names
+    engine, names = find_engine(), image_names()
+    print(f"from {IMAGES_CONF} (registry {names.registry}, tag {names.tag}); engine {engine.name}")
+    for image in (names.components, names.mlflow):
+        there = engine.image_exists(image)
+        print(f"  {image:<50} " + (f"{engine.image_size(image) / 1e6:,.0f} MB" if there else "not built (make images)"))
     return 0
 
 
@@ -460,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the run summary here")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="stream kfp.local's full output (every step's inputs, outputs and log), not one line per step")
+    p.add_argument("--runner", choices=["subprocess", "container"], default=os.environ.get("CMUNEXT_RUNNER", "subprocess"),
+                   help="where each step runs: this environment, or the component image (`make images`) through "
+                        "podman or docker ($CMUNEXT_RUNNER)")
     p.set_defaults(func=cmd_pipeline_run)
     p = psub.add_parser("compile", help="compile the pipeline YAML for a Kubeflow Pipelines cluster")
     p.add_argument("--out", required=True)
@@ -514,7 +592,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--container", action="store_true",
+                   help="run the version's serving image (`cmunext containerize`) instead of a local bentoml serve")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("containerize", help="build the serving image of the champion (or a version): no torch, non-root")
+    p.add_argument("--model", default="champion", help="champion or an MLflow version number")
+    p.add_argument("--model-name", help="registered model (default: from --config or the default config)")
+    p.add_argument("--config", "-c")
+    p.add_argument("--base", help="base image (default: the pinned public one, else the Debian-built one)")
+    p.add_argument("--verbose", "-v", action="store_true", help="show the whole build output")
+    p.set_defaults(func=cmd_containerize)
+
+    img = sub.add_parser("images", help="the project's container images (names from images.conf)")
+    isub = img.add_subparsers(dest="images_command", required=True)
+    p = isub.add_parser("build", help="build the component and MLflow images (make images)")
+    p.add_argument("--only", action="append", choices=["components", "mlflow"], help="build only this image")
+    p.add_argument("--base", help="base image (default: the pinned public one, else the Debian-built one)")
+    p.add_argument("--build-arg", action="append", default=[], metavar="K=V",
+                   help="e.g. TORCH_LOCAL= TORCH_INDEX=https://pypi.org/simple for CUDA torch")
+    p.add_argument("--json", help="write tags, sizes and build times here")
+    p.add_argument("--verbose", "-v", action="store_true", help="show the whole build output")
+    p.set_defaults(func=cmd_images_build)
+    p = isub.add_parser("list", help="the image names and whether they are built")
+    p.set_defaults(func=cmd_images_list)
 
     p = sub.add_parser("bench", help="benchmarks, as ratios against a baseline run in the same process")
     p.add_argument("what", choices=["inference", "serving"])

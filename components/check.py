@@ -4,7 +4,7 @@ from kfp.dsl import Markdown, Output
 from .image import COMPONENT_IMAGE
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def check_changes(config_json: str, data_revision: str, data_md5: str, project_root: str, if_changed: bool,
                   measured_md5: dsl.OutputPath(str), champion_version: dsl.OutputPath(str),
                   report: Output[Markdown]) -> str:

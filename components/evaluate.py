@@ -4,7 +4,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 from .image import COMPONENT_IMAGE
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def evaluate_model(config_json: str, run_id: str, champion_version: str, model: Input[Model], dataset: Input[Dataset],
                    preprocessed: Input[Dataset], evaluation: Output[Artifact], metrics: Output[Metrics],
                    gallery: Output[HTML]):

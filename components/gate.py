@@ -4,7 +4,7 @@ from kfp.dsl import Artifact, Input, Markdown, Output
 from .image import COMPONENT_IMAGE
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def gate_model(config_json: str, run_id: str, champion_version: str, evaluation: Input[Artifact],
                decision: Output[Artifact], report: Output[Markdown]) -> str:
     """Promote only if IoU, latency and the comparison with the champion all pass; returns

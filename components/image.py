@@ -1,8 +1,6 @@
-"""The container image the components run in on a cluster (kfp.local ignores it).
+"""The image every component runs in: images.conf's REGISTRY/cmunext-components:TAG (what `make images` builds),
+or $CMUNEXT_COMPONENT_IMAGE, read when the pipeline is defined. The image holds kfp and the project, so no
+task installs anything at run time (install_kfp_package=False on every component)."""
+from cmunext.containers.images import component_image
 
-Set CMUNEXT_COMPONENT_IMAGE before compiling to point at your registry's build of
-infra/docker/Dockerfile.components.
-"""
-import os
-
-COMPONENT_IMAGE = os.environ.get("CMUNEXT_COMPONENT_IMAGE", "python:3.11-slim")
+COMPONENT_IMAGE = component_image()

@@ -4,7 +4,7 @@ from kfp.dsl import Artifact, Model, Input, Output
 from .image import COMPONENT_IMAGE
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def package_model(config_json: str, version: str, run_id: str, data_revision: str, model: Input[Model],
                   evaluation: Input[Artifact], bento: Output[Artifact]) -> str:
     """Export the fastest matching serving artifact, save a BentoML model, build and export the Bento."""

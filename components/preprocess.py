@@ -4,7 +4,7 @@ from kfp.dsl import Dataset, Input, Metrics, Output
 from .image import COMPONENT_IMAGE
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def preprocess_data(config_json: str, data_md5: str, dataset: Input[Dataset], preprocessed: Output[Dataset],
                     stats: Output[Metrics]):
     """Grouped split and resize into memory-mapped shards (byte-identical for the same data and config)."""

@@ -4,7 +4,7 @@ from kfp.dsl import Artifact, Input
 from .image import COMPONENT_IMAGE
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def promote_model(config_json: str, run_id: str, model_uri: str, data_revision: str, champion_version: str,
                   decision: Input[Artifact], evaluation: Input[Artifact]) -> str:
     """Register the version and move the `champion` alias (compare-and-set against the gated champion).

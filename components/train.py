@@ -6,7 +6,7 @@ from kfp.dsl import HTML, Dataset, Input, Model, Output
 from .image import COMPONENT_IMAGE
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def train_model(config_json: str, data_revision: str, data_md5: str, preprocessed: Input[Dataset],
                 model: Output[Model], curves: Output[HTML]
                 ) -> NamedTuple("TrainOutputs", [("run_id", str), ("model_uri", str)]):

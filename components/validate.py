@@ -6,7 +6,7 @@ from kfp.dsl import Artifact, Dataset, Markdown, Metrics, Output
 from .image import COMPONENT_IMAGE
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def validate_data(config_json: str, data_revision: str, expected_md5: str, project_root: str, dataset: Output[Dataset],
                   data_docs: Output[Artifact], report: Output[Markdown], summary: Output[Metrics]
                   ) -> NamedTuple("ValidateOutputs", [("data_md5", str), ("samples", int)]):

@@ -1,7 +1,7 @@
 """Runs on a Kubeflow Pipelines cluster: one run now (`submit`) or a recurring run (`schedule`).
 
 The pipeline is compiled from the same code as local runs, with the config's train resources and the
-component image named by $CMUNEXT_COMPONENT_IMAGE. Credentials never travel as parameters: the tasks
+component image of images.conf (or $CMUNEXT_COMPONENT_IMAGE). Credentials never travel as parameters: the tasks
 read them from Kubernetes Secrets (pipelines/platform.py); the API token for the KFP endpoint comes
 from $KFP_TOKEN. Scheduled runs pass `if_changed`, so each one retrains only when the data, the code
 or the champion's age call for it, and otherwise ends after its first step.
@@ -68,10 +68,13 @@ def client(host: str, namespace: str | None = None):
 
 
 def _compiled(cfg: RunConfig, workdir: str) -> str:
-    # the default base image has no cmunext in it: every task would fail on its first import
-    if not os.environ.get("CMUNEXT_COMPONENT_IMAGE"):
-        raise ClusterError("set CMUNEXT_COMPONENT_IMAGE to your build of infra/docker/Dockerfile.components "
-                           "(e.g. registry.example.com/cmunext-components:<git sha>); see docs/deploy.md")
+    # a cluster cannot pull this machine's images: the tasks would never start
+    from cmunext.containers.images import IMAGES_CONF, component_image
+    image = component_image()
+    if image.startswith("localhost/"):
+        raise ClusterError(f"the component image {image} exists only on this machine: push `make images` to your "
+                           f"registry and set REGISTRY in {IMAGES_CONF.relative_to(PROJECT_ROOT)} (or set "
+                           "CMUNEXT_COMPONENT_IMAGE to the pushed image); see docs/deploy.md")
     return str(compile_pipeline(Path(workdir) / "cmunext-training.yaml", cfg))
 
 

@@ -1,4 +1,5 @@
-"""Run the pipeline on this machine with kfp.local (SubprocessRunner, caching on), or compile it.
+"""Run the pipeline on this machine with kfp.local (caching on), each step in this environment or in the
+component image (pipelines/runners.py), or compile it.
 
 All state goes under the state folder: kfp outputs and cache, the MLflow store, bentos.
 """
@@ -38,34 +39,51 @@ def measure_data(cfg: RunConfig) -> str:
 
 
 def run_pipeline(config: str | Path | None, overrides: list[str] | None = None, caching: bool = True,
-                 if_changed: bool = False, verbose: bool = False) -> dict:
+                 if_changed: bool = False, verbose: bool = False, runner: str = "subprocess") -> dict:
     """Run the whole pipeline; returns a summary (decision, metrics, registry state, where things are).
     With `if_changed` it trains only when the data, the code or the champion's age call for it. The screen
     shows a line per step and the epochs; kfp.local's full output goes to `pipeline.log` in the run's folder
-    (and to the screen too with `verbose`)."""
+    (and to the screen too with `verbose`). RUNNER: "subprocess" (this environment) or "container" (every
+    step in the component image)."""
+    from contextlib import ExitStack
+
+    cfg = load_config(config, overrides)
+    source = Path(cfg.data.source).expanduser()
+    if runner == "container" and cfg.data.source != "synth" and source.is_dir():
+        cfg.data.source = str(source.resolve())  # the tasks see it at the same absolute path (read-only)
+    with ExitStack() as stack:  # the runner's services (the engine's API, a local MLflow server) end with the run
+        return _run(cfg, caching, if_changed, verbose, runner, stack)
+
+
+def _run(cfg: RunConfig, caching: bool, if_changed: bool, verbose: bool, runner: str, stack) -> dict:
     from kfp import local
 
     from cmunext.tracking import mlflow_runs, registry
     from pipelines.progress import captured
+    from pipelines.runners import kfp_runner
     from pipelines.training import training_pipeline
 
-    cfg = load_config(config, overrides)
     if os.environ.get("MLFLOW_TRACKING_URI"):  # a server: refused credentials or permissions stop the run here,
         from cmunext.tracking import access     # before anything is written
         access.require_pipeline(os.environ["MLFLOW_TRACKING_URI"], mlflow_runs.EXPERIMENT, cfg.registry.model_name)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_runs.tracking_uri())
     os.environ["CMUNEXT_HOME"] = str(state_dir())
     os.environ.setdefault("TQDM_DISABLE", "1")  # step logs are captured line by line
     started = time.time()
+    source = Path(cfg.data.source)
+    root = state_dir() / "kfp"
+    store = mlflow_runs.tracking_uri()  # the container runner may serve this store for the run's length only
+    kfp_run = stack.enter_context(kfp_runner(runner, state_dir(), root / "outputs", PROJECT_ROOT,
+                                             [source] if source.is_absolute() and source.is_dir() else []))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_runs.tracking_uri())
     data_md5 = measure_data(cfg)
     before = registry.champion(cfg.registry.model_name)
-    root = state_dir() / "kfp"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "outputs"),
+    local.init(runner=kfp_run, pipeline_root=str(root / "outputs"),
                enable_caching=caching, cache_root=str(root / "cache"))
     args = pipeline_arguments(cfg, data_md5, if_changed)
     pending = root / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    print(f"pipeline run '{cfg.name}': one line per step; the full log goes to the run's folder"
-          + (" (and here)" if verbose else ""), flush=True)
+    print(f"pipeline run '{cfg.name}': one line per step"
+          + (f", each in {os.environ.get('CMUNEXT_COMPONENT_IMAGE') or _component_image()}" if runner == "container" else "")
+          + "; the full log goes to the run's folder" + (" (and here)" if verbose else ""), flush=True)
     try:
         with captured(pending, verbose) as progress:
             training_pipeline(**args)
@@ -76,10 +94,16 @@ def run_pipeline(config: str | Path | None, overrides: list[str] | None = None, 
                          f"{'unchanged' if _same(before, after) else 'changed'}: "
                          f"{(after or {}).get('version', 'none')}") from None
     after = registry.champion(cfg.registry.model_name)
-    summary = _summary(cfg, data_md5, before, after, time.time() - started, root / "outputs")
+    summary = _summary(cfg, data_md5, before, after, time.time() - started, root / "outputs", store)
     summary["log"] = str(_keep_log(pending, root / "outputs"))
     summary["steps"] = progress.steps
+    summary["runner"] = runner
     return summary
+
+
+def _component_image() -> str:
+    from cmunext.containers.images import component_image
+    return component_image()
 
 
 def _keep_log(pending: Path, outputs: Path) -> Path:
@@ -103,8 +127,7 @@ def _latest_run_dir(outputs: Path) -> Path | None:
     return runs[-1] if runs else None
 
 
-def _summary(cfg, data_md5, before, after, seconds, outputs: Path) -> dict:
-    from cmunext.tracking import mlflow_runs
+def _summary(cfg, data_md5, before, after, seconds, outputs: Path, store: str) -> dict:
     run_dir = _latest_run_dir(outputs)
     evaluation = decision = check = None
     if run_dir:
@@ -123,8 +146,9 @@ def _summary(cfg, data_md5, before, after, seconds, outputs: Path) -> dict:
         "latency": evaluation and evaluation["latency"], "gate": decision,
         "breakdown": evaluation and evaluation.get("breakdown"),
         "cross_validation": evaluation and evaluation.get("cross_validation"),
-        "mlflow_tracking_uri": mlflow_runs.tracking_uri(), "outputs": str(run_dir) if run_dir else None,
-        "mlflow_ui": f"mlflow ui --backend-store-uri {mlflow_runs.tracking_uri()} --port 5000",
+        "mlflow_tracking_uri": store, "outputs": str(run_dir) if run_dir else None,
+        "mlflow_ui": (f"open {store}" if store.startswith(("http://", "https://"))
+                      else f"mlflow ui --backend-store-uri {store} --port 5000"),
     }
 
 

@@ -17,7 +17,7 @@ from .platform import TrainResources, with_credentials, with_train_resources
 PIPELINE_NAME = "cmunext-training"
 
 
-@dsl.component(base_image=COMPONENT_IMAGE)
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def configure(base_config: str, variant: str, image_size: int, epochs: int, batch_size: int, lr: float, seed: int,
               min_iou: float, max_latency_ms: float) -> str:
     """The effective run configuration: the base config with the pipeline's parameters applied."""

@@ -206,7 +206,8 @@ def grown_dataset(base: Path, n_old: int, n_new: int, seed: int) -> tuple[Path, 
 
 
 # The slowest modules run last, so a failure elsewhere shows first (whole modules move: their fixtures stay shared).
-SLOWEST_LAST = ("test_pipeline.py", "test_security.py", "test_real_data.py", "test_load.py", "test_faults.py")
+SLOWEST_LAST = ("test_pipeline.py", "test_security.py", "test_real_data.py", "test_load.py", "test_faults.py",
+                "test_containers.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -24,7 +24,8 @@ DOCKER = ROOT / "infra" / "docker"
 K8S_VERSION = "1.30"  # the oldest Kubernetes minor the manifests are checked against
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
-OWN_IMAGES = {"cmunext-serving", "cmunext-mlflow"}  # built from this repo; kustomize `images:` sets the registry
+OWN_IMAGES = {"cmunext-serving", "cmunext-mlflow"}  # built from this repo; images.conf sets registry and tags
+IMAGES_CONF = K8S / "components" / "images" / "images.conf"
 SENSITIVE = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL", re.I)
 PLACEHOLDER = {"", "CHANGE_ME"}
 
@@ -153,7 +154,10 @@ def test_kustomization_references_exist(kfile):
     for field in ("secretGenerator", "configMapGenerator"):
         for gen in k.get(field) or []:
             for env in gen.get("envs", []):
-                # the real file is gitignored; its example is committed beside it
+                if not env.endswith(".env"):  # settings (images.conf) are committed as they are
+                    assert (kfile.parent / env).exists(), f"{kfile}: {env} missing"
+                    continue
+                # a secret's real file is gitignored; its example is committed beside it
                 assert (kfile.parent / f"{env}.example").exists(), f"{kfile}: {env}.example missing"
             for f in gen.get("files", []):
                 assert (kfile.parent / f.split("=", 1)[-1]).exists(), f"{kfile}: {f} missing"
@@ -317,19 +321,60 @@ def test_workload_selectors_match_templates():
 
 
 def test_images_pinned():
-    kbase = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
-    managed = {i["name"]: i for i in kbase.get("images", [])}
+    """Third-party images by tag and digest; ours (registry localhost/) get registry and tags from images.conf."""
     for name, spec in pod_specs():
         for c in containers(spec):
             image, tag, digest = image_parts(c["image"])
-            if image in OWN_IMAGES:
-                assert image in managed, f"{name}: {image} must be set by kustomize images:"
-                assert managed[image].get("newTag", "latest") != "latest" or managed[image].get("digest")
+            if image.split("/")[-1] in OWN_IMAGES:
+                assert image.startswith("localhost/"), f"{name}: {image}: images.conf's replacement expects localhost/"
                 continue
             assert tag and tag != "latest", f"{name}: {c['image']} has no pinned tag"
             assert digest and re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{name}: {c['image']} has no digest"
-    assert all(image_parts(c["image"])[1] != "latest" or image_parts(c["image"])[0] == "cmunext-serving"
-               for _, spec in pod_specs() for c in containers(spec))
+
+
+def test_images_conf_is_the_one_place_for_image_names():
+    """make images, the pipeline's components and kustomize read one file; its TAG is the project version."""
+    import tomllib
+
+    from cmunext.containers.images import image_names, read_conf
+    conf = read_conf(IMAGES_CONF)
+    assert set(conf) == {"REGISTRY", "TAG", "SERVING_TAG"}
+    assert conf["TAG"] == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    names = image_names()
+    assert names.components == f"{conf['REGISTRY']}/cmunext-components:{conf['TAG']}"
+    assert names.serving("cmunext-busi", 7) == f"{conf['REGISTRY']}/cmunext-serving:cmunext-busi-v7"
+    kust = yaml.safe_load((IMAGES_CONF.parent / "kustomization.yaml").read_text())
+    assert kust["configMapGenerator"][0]["envs"] == [IMAGES_CONF.name]
+    base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    assert "../components/images" in base["components"] and "images" not in base
+
+
+def test_changing_the_registry_renames_every_image(tmp_path):
+    """One value in images.conf moves every image of ours to another registry (kubectl kustomize renders it)."""
+    cmd = _kustomize_cmd()
+    if cmd is None:
+        pytest.skip("neither kustomize nor kubectl is installed")
+    tree = tmp_path / "k8s"
+    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("*.env"))
+    for example in tree.rglob("*.env.example"):
+        shutil.copyfile(example, example.with_suffix(""))
+    conf = tree / "components" / "images" / "images.conf"
+    conf.write_text(conf.read_text().replace("REGISTRY=localhost", "REGISTRY=registry.example.com:5000/team")
+                    .replace("SERVING_TAG=CHANGE_ME", "SERVING_TAG=cmunext-busi-v3"))
+    proc = subprocess.run([*cmd, str(tree / "base")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    ours = {c["image"] for d in docs for c in containers(d.get("spec", {}).get("template", {}).get("spec", {}))
+            if image_parts(c["image"])[0].split("/")[-1] in OWN_IMAGES}
+    tag = read_conf_tag()
+    assert ours == {f"registry.example.com:5000/team/cmunext-mlflow:{tag}",
+                    "registry.example.com:5000/team/cmunext-serving:cmunext-busi-v3"}
+    assert not any(d["kind"] == "ConfigMap" and d["metadata"]["name"] == "cmunext-images" for d in docs)
+
+
+def read_conf_tag() -> str:
+    from cmunext.containers.images import read_conf
+    return read_conf(IMAGES_CONF)["TAG"]
 
 
 def test_pods_are_hardened_and_sized():
@@ -631,6 +676,8 @@ def test_no_secret_looking_strings_in_infra():
 # ---------------------------------------------------------------- Dockerfiles
 
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile*"))
+# what cmunext.containers.serving.build_context writes (the unpacked .bento archive and the lock)
+SERVING_CONTEXT = {"constraints.txt", "bento", "bento/env/python/requirements.txt"}
 
 
 def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
@@ -661,7 +708,7 @@ def _args_defaults(instructions) -> dict[str, str]:
 
 def test_dockerfiles_exist():
     names = {p.name for p in DOCKERFILES}
-    assert {"Dockerfile.components", "Dockerfile.mlflow"} <= names
+    assert {"Dockerfile.components", "Dockerfile.mlflow", "Dockerfile.serving"} <= names
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
@@ -706,7 +753,8 @@ def test_dockerfile_has_no_secrets(path):
 def test_dockerfile_pip_installs_are_locked(path):
     locked = {re.split(r"[=<>!~\[; ]", line, maxsplit=1)[0].lower().replace("_", "-")
               for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")}
-    installs = [args for inst, args in parse_dockerfile(path) if inst == "RUN"
+    installs = [re.sub(r'\$\{(\w+):\+--[\w-]+ "\$\{\1\}"\}', "", args)  # ${X:+--option "${X}"}: an optional option
+                for inst, args in parse_dockerfile(path) if inst == "RUN"
                 for args in re.split(r"&&|;", args) if "pip install" in args]
     assert installs, f"{path.name}: no pip install"
     for cmd in installs:
@@ -737,6 +785,9 @@ def test_dockerfile_copies_exist_and_are_not_ignored(path):
     for inst, args in parse_dockerfile(path):
         if inst == "COPY" and "--from=" not in args:
             sources = [w for w in args.split() if not w.startswith("--")][:-1]
+            if path.name == "Dockerfile.serving":  # its context is made by cmunext containerize, not the repo
+                assert set(sources) <= SERVING_CONTEXT, f"{path.name}: COPY {sources}: not in containerize's context"
+                continue
             for src in sources:
                 assert (ROOT / src).exists(), f"{path.name}: COPY {src}: not in the repository"
                 assert src.rstrip("/") not in ignored, f"{path.name}: COPY {src} is excluded by .dockerignore"

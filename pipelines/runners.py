@@ -1,0 +1,116 @@
+"""Where kfp.local runs each task: in this environment (subprocess) or in the component image (container).
+
+The container runner runs every task in images.conf's component image through kfp.local's DockerRunner over
+the engine's Docker API (podman's, served for the run), as the image's non-root user, with nothing installed
+at run time. Tasks reach MLflow over the network, as pods do: a server named by MLFLOW_TRACKING_URI, else a
+private `mlflow server` over the state folder's store for the length of the run. Like kfp.local itself, the
+runner shares the pipeline root and the state folder (bentos, the registry's lock) with the tasks by mounting
+them at the same paths; the data source folder and the project (DVC) are mounted read-only.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+RUNNERS = ("subprocess", "container")
+# what a task needs from this process's environment (credentials and endpoints, never baked into images)
+PASSED_ENV_PREFIXES = ("MLFLOW_", "AWS_", "CMUNEXT_", "DVC_", "BENTOML_")
+
+
+def _make_shared(path: Path) -> None:
+    """Let the image's non-root user write where this process wrote (the tasks share these folders with it)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            if not os.path.islink(p):
+                os.chmod(p, os.stat(p).st_mode | 0o666 | (0o111 if name in dirs else 0))
+    os.chmod(path, 0o777)
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _run_docker_container(client, image: str, command: list[str], volumes: dict, **container_run_args) -> int:
+    """kfp.local's run_docker_container, except that the container is removed only after its exit code is read.
+    kfp 2.17 starts it with auto_remove=True, so a task that fails fast is often gone before `wait()` and kfp
+    then reports exit code 0: a failed step would count as a success."""
+    import docker
+    from kfp.local.docker_task_handler import add_latest_tag_if_not_present
+
+    image = add_latest_tag_if_not_present(image)
+    if not any(image in (i.tags + i.attrs.get("RepoDigests", [])) for i in client.images.list()):
+        raise RuntimeError(f"image {image} is not in the engine's store: build it with `make images`")
+    print(f"Found image {image!r}\n")
+    container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
+                                      volumes=volumes, auto_remove=False, **container_run_args)
+    try:
+        for line in container.logs(stream=True):
+            print(line.decode(errors="replace"), end="")
+        return container.wait()["StatusCode"]
+    finally:
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError:
+            pass
+
+
+@contextmanager
+def reliable_exit_codes() -> Iterator[None]:
+    """kfp.local's DockerRunner with _run_docker_container in place of its own, for the length of the block."""
+    from kfp.local import docker_task_handler
+
+    original = docker_task_handler.run_docker_container
+    docker_task_handler.run_docker_container = _run_docker_container
+    try:
+        yield
+    finally:
+        docker_task_handler.run_docker_container = original
+
+
+@contextmanager
+def kfp_runner(kind: str, state: Path, pipeline_root: Path, project_root: Path,
+               read_only: list[Path] = ()) -> Iterator[object]:
+    """A kfp.local runner of KIND; for containers, also the engine's API and, when needed, a local MLflow server."""
+    from kfp import local
+
+    if kind == "subprocess":
+        yield local.SubprocessRunner(use_venv=False)
+        return
+    if kind != "container":
+        raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {kind!r}")
+    import docker
+
+    from cmunext.containers.engine import docker_api, find_engine
+    from cmunext.containers.images import component_image
+    from cmunext.tracking.local_server import local_mlflow_server
+
+    engine = find_engine()
+    engine.require_image(component_image(), "build it with `make images` (or set CMUNEXT_COMPONENT_IMAGE)")
+    with ExitStack() as stack:
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "DOCKER_HOST")}
+        stack.callback(_restore, saved)
+        if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
+            os.environ["MLFLOW_TRACKING_URI"] = stack.enter_context(local_mlflow_server(state))
+        os.environ["DOCKER_HOST"] = stack.enter_context(docker_api(engine))
+        pipeline_root.mkdir(parents=True, exist_ok=True)
+        _make_shared(state)
+        stack.enter_context(reliable_exit_codes())
+        old_umask = os.umask(0)  # folders kfp.local makes for the tasks must be writable by the image's user
+        stack.callback(os.umask, old_umask)
+        mounts = [docker.types.Mount(str(state), str(state), type="bind")]
+        for folder in {project_root.resolve(), *(p.resolve() for p in read_only)}:
+            mounts.append(docker.types.Mount(str(folder), str(folder), type="bind", read_only=True))
+        env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
+        env.update(CMUNEXT_HOME=str(state), TQDM_DISABLE="1", PYTHONUNBUFFERED="1",
+                   # the project is mounted owned by another user: let git (DVC's revisions) read it
+                   GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="safe.directory", GIT_CONFIG_VALUE_0="*")
+        env.pop("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", None)
+        yield local.DockerRunner(network_mode="host", environment=env, mounts=mounts)
