@@ -368,8 +368,8 @@ def cmd_serve(args) -> int:
     print(f"serving {target} on http://{args.host}:{args.port}/; the API "
           + ("requires 'Authorization: Bearer <CMUNEXT_API_TOKEN>'" if token else
              "is open: no token required (set CMUNEXT_API_TOKEN to require one)"), flush=True)
-    serve(target, host=args.host, port=args.port)
-    return 0
+    code = serve(target, host=args.host, port=args.port)
+    return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
 
 
 def _serve_container(args, bento_tag: str, token: str | None) -> int:
@@ -391,7 +391,6 @@ def cmd_containerize(args) -> int:
     from .containers.engine import find_engine
     from .containers.serving import containerize
     from .serving.package import stores
-    from .serving.serve import find_bento
 
     version, bento_tag = _resolve_version(args)
     labels = stores()[1].get(bento_tag).info.labels

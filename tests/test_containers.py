@@ -141,6 +141,7 @@ def test_pipeline_runs_every_step_in_its_container(container_run, built):
 def serving_image(container_run, engine) -> str:
     proc = subprocess.run([CMUNEXT, "containerize", "--model", "champion", "--model-name", "cmunext-ci"],
                           env=container_run["env"], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    (container_run["work"] / "containerize.log").write_text(proc.stdout + proc.stderr)  # its size and build time
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     image = next(w for w in proc.stdout.split() if "/cmunext-serving:" in w)
     assert image.endswith(":cmunext-ci-v1") and engine.image_exists(image)

@@ -150,6 +150,7 @@ def test_cmunext_serve_serves_the_champions_bento(first_run, env, tmp_path):
     and a real `bentoml serve` answers a segmentation request with a mask at the input's size."""
     import io
     import signal
+    import socket
     import time
 
     import requests
@@ -178,12 +179,14 @@ def test_cmunext_serve_serves_the_champions_bento(first_run, env, tmp_path):
                              files={"image": ("x.png", buf.getvalue(), "image/png")}, timeout=60).json()
         assert info["model"]["mlflow_version"] == "1"
     finally:
-        proc.send_signal(signal.SIGINT)  # `cmunext serve` stops its bentoml child on SIGINT
+        proc.send_signal(signal.SIGTERM)  # what `kill` and Kubernetes send: it goes on to the bentoml server
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+    with socket.socket() as s:  # the server went with it: nothing holds the port
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "bentoml serve outlived `cmunext serve`"
 
 
 def test_if_changed_ends_quickly_when_nothing_changed(first_run, env, tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -124,7 +123,3 @@ def build_images(engine: Engine, only: list[str] | None = None, base: str | None
         print(f"images: {image} (+ :latest) {size / 1e6:,.0f} MB, built in {seconds:.0f} s", flush=True)
     return results
 
-
-if __name__ == "__main__":  # python -m cmunext.containers.build (the CLI is `cmunext images build`)
-    from .engine import find_engine
-    build_images(find_engine(), sys.argv[1:] or None)

@@ -86,14 +86,31 @@ def start_server(target: str | None = None, host: str = "127.0.0.1", port: int =
 
 
 def serve(bento_or_model_tag: str | None = None, host: str = "127.0.0.1", port: int = 3000) -> int:
-    """Serve a bento (default: the newest) or a BentoML model in the foreground until interrupted; returns the exit code."""
+    """Serve a bento (default: the newest) or a BentoML model in the foreground; returns the server's exit code.
+    SIGTERM and SIGINT go on to the server (its own process group, workers included), and this process ends
+    when the server does: `kill` of `cmunext serve` never leaves a server holding the port."""
+    import signal
+
     proc = start_server(bento_or_model_tag, host, port)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
+
+    def forward(signum, _frame):
         try:
-            return proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
             return proc.wait()
+        finally:
+            if proc.poll() is None:  # interrupted some other way: never leave the server behind
+                forward(signal.SIGTERM, None)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
