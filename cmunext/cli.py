@@ -199,6 +199,8 @@ def format_run_summary(s: dict) -> str:
         verdict = "REJECTED"
     lines.append(f"  gate          : {verdict}; champion {s['champion_before'] or 'none'} -> {s['champion_after'] or 'none'}")
     lines += [f"                  {r}" for r in gate.get("reasons", [])]
+    if s.get("infra_validation"):
+        lines.append(f"  served check  : {s['infra_validation']['summary']} (the bento booted before promotion)")
     lines += [f"  artifacts     : {s['outputs']}", f"  full log      : {s.get('log', '-')}",
               f"  MLflow        : {s['mlflow_tracking_uri']}",
               f"  MLflow UI     : {s['mlflow_ui']}", "=" * 72]

@@ -230,8 +230,9 @@ def _artifact_latency(cfg: RunConfig, artifact: Path) -> dict:
 
 
 def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preprocessed_dir: str | Path,
-             out_dir: str | Path, run_id: str | None = None) -> dict:
-    """Score the test split; score the champion on the same images and machine when there is one."""
+             out_dir: str | Path, run_id: str | None = None, artifact_dir: str | Path | None = None) -> dict:
+    """Score the test split; score the champion on the same images and machine when there is one. The serving
+    artifact it times (and, with eval.int8, may replace) goes to ARTIFACT_DIR: what the package step ships."""
     from .data.duplicates import read_classes
     from .evaluation import breakdown, compare, compare_class, count_macs, summarize
     from .models import count_parameters
@@ -242,12 +243,13 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
     stems = json.loads((Path(preprocessed_dir) / "splits.json").read_text())["test"]
     if not stems:
         raise StepFailed("the test split is empty: raise data.split_ratios[2] or add data")
-    rows, lat, predictor = _score(cfg, Path(weights), data_dir, stems, out_dir / "artifact")
+    artifact = Path(artifact_dir) if artifact_dir else out_dir / "artifact"
+    rows, lat, predictor = _score(cfg, Path(weights), data_dir, stems, artifact)
     int8 = None
     if cfg.eval.int8:  # may replace the artifact the package step ships, so the latency is measured after it
-        int8 = _consider_int8(cfg, out_dir / "artifact", data_dir, Path(preprocessed_dir), stems, rows)
+        int8 = _consider_int8(cfg, artifact, data_dir, Path(preprocessed_dir), stems, rows)
         if int8["shipped"] == "int8":
-            lat = _artifact_latency(cfg, out_dir / "artifact")
+            lat = _artifact_latency(cfg, artifact)
     size = cfg.data.image_size
     evaluation = {
         "images": len(rows), "split": "test", "metrics": summarize(rows, cfg.eval.bootstrap), "latency": lat,
@@ -341,13 +343,14 @@ def gate(cfg: RunConfig, evaluation: dict, run_id: str | None = None) -> dict:
     return decision
 
 
-def promote(cfg: RunConfig, decision: dict, evaluation: dict, run_id: str, model_uri: str,
-            data_revision: str) -> dict:
-    """Register the model version and move `champion` to it, against the champion the gate saw."""
-    from .tracking import mlflow_runs, registry
+def register(cfg: RunConfig, decision: dict, evaluation: dict, run_id: str, model_uri: str,
+             data_revision: str) -> str:
+    """The MLflow version of a gated training run, registered once (a re-run finds it): the version the bento
+    is built for. Registering moves no alias."""
+    from .tracking import registry
 
     if decision["decision"] != "promote":
-        raise StepFailed("promote called for a rejected model")
+        raise StepFailed("package called for a rejected model")
     name = cfg.registry.model_name
     m = evaluation["metrics"]
     tags = {"run_id": run_id, "data_revision": data_revision, "gate_decision": "promote",
@@ -355,19 +358,26 @@ def promote(cfg: RunConfig, decision: dict, evaluation: dict, run_id: str, model
             "test_dice": f"{m['dice']['value']:.4f}", "latency_p95_ms": f"{evaluation['latency']['p95_ms']:.2f}",
             "variant": cfg.model.variant, "image_size": str(cfg.data.image_size)}
     existing = registry.version_for_run(name, run_id)
-    if existing is not None:  # a re-run of a run already registered: never register or promote twice
-        champ = registry.champion(name)
-        if (champ and champ["version"] == existing) or "promoted_at" in registry.version_tags(name, existing):
-            return {"model": name, "version": existing, "event": "already_registered", "reason": "same training run"}
-        # registered by an attempt that stopped before the alias moved (killed, MLflow down): finish that
-        # promotion, compare-and-set against the champion this gate saw, instead of leaving it half made
-        version = existing
-        registry.tag_version(name, version, tags)
-    else:
-        version = registry.register(model_uri, name, tags)
+    if existing is not None:
+        registry.tag_version(name, existing, tags)
+        return existing
+    return registry.register(model_uri, name, tags)
+
+
+def promote(cfg: RunConfig, decision: dict, version: str, run_id: str, validation: dict) -> dict:
+    """Move `champion` to VERSION, against the champion the gate saw, once its bento served correctly."""
+    from .tracking import mlflow_runs, registry
+
+    if decision["decision"] != "promote" or not validation.get("passed"):
+        raise StepFailed("promote called for a model that was not gated and validated")
+    name = cfg.registry.model_name
+    champ = registry.champion(name)
+    if (champ and champ["version"] == version) or "promoted_at" in registry.version_tags(name, version):
+        return {"model": name, "version": version, "event": "already_registered", "reason": "same training run"}
     try:
         entry = registry.promote(name, version, reason="gate passed: " + "; ".join(
-            c["message"] for c in decision["checks"]), expected_champion=decision["champion_version"])
+            c["message"] for c in decision["checks"]) + f"; served by its bento: {validation['summary']}",
+            expected_champion=decision["champion_version"])
     except registry.StaleChampion as exc:
         registry.tag_version(name, version, {"gate_decision": "stale", "stale_reason": str(exc)})
         raise StepFailed(f"not promoted: {exc}; re-run the pipeline to decide against the new champion") from None
@@ -378,25 +388,54 @@ def promote(cfg: RunConfig, decision: dict, evaluation: dict, run_id: str, model
 # ---- package --------------------------------------------------------------------------------
 
 def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data_revision: str,
-            evaluation: dict, out_dir: str | Path, exported: str | Path | None = None) -> dict:
-    """Bento for a registered version; its tag is recorded on the version. `exported` is the serving
-    artifact the evaluate step measured: shipped as it is, so the gate's latency is the served one's."""
+            evaluation: dict, out_dir: str | Path, exported: str | Path) -> dict:
+    """Bento for a registered version, from EXPORTED: the serving artifact the evaluate step measured (its
+    declared output), shipped as it is, so the gate's latency is the served one's. The .bento archive goes to
+    OUT_DIR (the step's output artifact) and the local bento store; its tag is recorded on the version."""
     from .serving.package import package_model
     from .serving.serve import find_bento
     from .tracking import registry
 
     name = cfg.registry.model_name
-    if registry.version_tags(name, str(version)).get("bento_tag"):  # a re-run: the bento exists already
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    archive = out_dir / "bento.bento"
+    tags = registry.version_tags(name, str(version))
+    if tags.get("bento_tag") and archive.exists():  # a re-run: the bento exists already
         try:
-            return {"bento_tag": find_bento(version, name), "reused": "true"}
+            return {"bento_tag": find_bento(version, name), "archive": str(archive), "reused": "true"}
         except LookupError:
             pass  # recorded but gone from this store: build it again
     metrics = {k: v["value"] for k, v in evaluation["metrics"].items()}
     metrics["latency_p95_ms"] = evaluation["latency"]["p95_ms"]
-    result = package_model(weights, model_name=cfg.registry.model_name, model_version=str(version), run_id=run_id,
-                           data_revision=data_revision, metrics=metrics, exported=exported)
-    registry.tag_version(cfg.registry.model_name, str(version), {"bento_tag": result["bento_tag"],
-                                                                 "bento_archive": str(result.get("archive", ""))})
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "bento.json").write_text(json.dumps(result, indent=1, default=str))
+    result = package_model(weights, model_name=name, model_version=str(version), run_id=run_id,
+                           data_revision=data_revision, metrics=metrics, exported=exported, export_to=str(archive))
+    registry.tag_version(name, str(version), {"bento_tag": result["bento_tag"], "bento_archive": str(archive)})
+    (out_dir / "bento.json").write_text(json.dumps(result, indent=1, default=str))
     return {k: str(v) for k, v in result.items()}
+
+
+# ---- infra-validate -------------------------------------------------------------------------
+
+def infra_validate(cfg: RunConfig, version: str, run_id: str, archive: str | Path, artifact: str | Path,
+                   data_dir: str | Path, evaluation: dict, out_dir: str | Path) -> dict:
+    """Boot the bento as deployed and check it before `champion` can move (cmunext/infra_validation.py). A
+    failure is a rejection, recorded with its reasons on the run, the version and the registry's history."""
+    from .infra_validation import validate_bento
+    from .tracking import mlflow_runs, registry
+
+    stems = [r["stem"] for r in evaluation["per_image"]]
+    result = validate_bento(archive, artifact, data_dir, stems, cfg.gate.max_latency_ms, out_dir,
+                            cfg.eval.threshold)
+    name = cfg.registry.model_name
+    registry.tag_version(name, str(version), {"infra_validation": "passed" if result["passed"] else "failed",
+                                              "infra_validation_reasons": json.dumps(result["reasons"])})
+    mlflow_runs.log_json(run_id, result, "infra_validation/result.json")
+    if not result["passed"]:
+        reasons = [f"infra-validation: {r}" for r in result["reasons"]]
+        mlflow_runs.set_tags(run_id, {"gate_decision": "reject", "gate_reasons": reasons})
+        registry.record_rejection(name, run_id, reasons)
+        raise StepFailed(f"version {version} was not promoted: its bento failed infra-validation: "
+                         + "; ".join(result["reasons"]))
+    return result
+

@@ -7,8 +7,9 @@ from .image import COMPONENT_IMAGE
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def evaluate_model(config_json: str, run_id: str, champion_version: str, model: Input[Model], dataset: Input[Dataset],
                    preprocessed: Input[Dataset], evaluation: Output[Artifact], metrics: Output[Metrics],
-                   gallery: Output[HTML]):
-    """Test-split metrics with CIs, served-artifact latency, and the champion scored on the same images."""
+                   gallery: Output[HTML], serving_artifact: Output[Model]):
+    """Test-split metrics with CIs, served-artifact latency, and the champion scored on the same images. The
+    serving artifact it timed is an output: the package step ships exactly that one."""
     import json
     import os
 
@@ -19,7 +20,9 @@ def evaluate_model(config_json: str, run_id: str, champion_version: str, model: 
     cfg = RunConfig.model_validate_json(config_json)
     workdir = os.path.join(os.path.dirname(evaluation.path), "work")
     result = evaluate(cfg, os.path.join(model.path, "model.safetensors"), dataset.path, preprocessed.path,
-                      workdir, run_id)
+                      workdir, run_id, artifact_dir=serving_artifact.path)
+    serving_artifact.metadata.update({"format": result["latency"].get("artifact", ""),
+                                      "p95_ms": result["latency"]["p95_ms"]})
     with open(evaluation.path, "w") as f:
         json.dump(result, f)
     values = {f"test_{name}": est["value"] for name, est in result["metrics"].items()}

@@ -1,22 +1,28 @@
+from typing import NamedTuple
+
 from kfp import dsl
-from kfp.dsl import Artifact, Model, Input, Output
+from kfp.dsl import Artifact, Input, Model, Output
 
 from .image import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
-def package_model(config_json: str, version: str, run_id: str, data_revision: str, model: Input[Model],
-                  evaluation: Input[Artifact], bento: Output[Artifact]) -> str:
-    """Export the fastest matching serving artifact, save a BentoML model, build and export the Bento."""
+def package_model(config_json: str, run_id: str, model_uri: str, data_revision: str, model: Input[Model],
+                  serving_artifact: Input[Model], evaluation: Input[Artifact], decision: Input[Artifact],
+                  bento: Output[Artifact]) -> NamedTuple("PackageOutputs", [("version", str), ("bento_tag", str)]):
+    """Register the gated run as an MLflow version (no alias moves) and build its bento from the serving
+    artifact the evaluate step timed; the .bento archive is this step's output."""
     import json
     import os
+    from collections import namedtuple
 
     from cmunext.config import RunConfig
-    from cmunext.steps import package
+    from cmunext.steps import package, register
 
-    # the evaluate step's exported artifact (work/artifact beside its output), measured by the gate
-    exported = os.path.join(os.path.dirname(evaluation.path), "work", "artifact")
-    result = package(RunConfig.model_validate_json(config_json), os.path.join(model.path, "model.safetensors"),
-                     version, run_id, data_revision, json.load(open(evaluation.path)), bento.path, exported)
-    bento.metadata.update(result)
-    return result["bento_tag"]
+    cfg = RunConfig.model_validate_json(config_json)
+    ev = json.load(open(evaluation.path))
+    version = register(cfg, json.load(open(decision.path)), ev, run_id, model_uri, data_revision)
+    result = package(cfg, os.path.join(model.path, "model.safetensors"), version, run_id, data_revision, ev,
+                     bento.path, serving_artifact.path)
+    bento.metadata.update({**result, "version": version})
+    return namedtuple("PackageOutputs", ["version", "bento_tag"])(version, result["bento_tag"])

@@ -5,15 +5,15 @@ from .image import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
-def promote_model(config_json: str, run_id: str, model_uri: str, data_revision: str, champion_version: str,
-                  decision: Input[Artifact], evaluation: Input[Artifact]) -> str:
-    """Register the version and move the `champion` alias (compare-and-set against the gated champion).
+def promote_model(config_json: str, run_id: str, version: str, champion_version: str, decision: Input[Artifact],
+                  validation: Input[Artifact]) -> str:
+    """Move the `champion` alias to the validated version (compare-and-set against the gated champion).
     `champion_version` (the champion when the run started) is here to key the cache."""
     import json
 
     from cmunext.config import RunConfig
     from cmunext.steps import promote
 
-    result = promote(RunConfig.model_validate_json(config_json), json.load(open(decision.path)),
-                     json.load(open(evaluation.path)), run_id, model_uri, data_revision)
+    result = promote(RunConfig.model_validate_json(config_json), json.load(open(decision.path)), version, run_id,
+                     json.load(open(validation.path)))
     return result["version"]

@@ -1,4 +1,5 @@
-"""The training pipeline: check -> validate -> preprocess -> train -> evaluate -> gate -> (promote -> package).
+"""The training pipeline: check -> validate -> preprocess -> train -> evaluate -> gate -> (package ->
+infra-validate -> promote): `champion` moves only to a version whose bento booted and served as evaluated.
 
 Parameters named in the issue tracker (variant, size, epochs, batch, lr, seed, gate thresholds)
 are pipeline parameters; everything else rides in `base_config`. The first step measures the data
@@ -8,8 +9,8 @@ step, so a scheduled run with fixed parameters still sees new data and a new cha
 """
 from kfp import dsl
 
-from components import (check_changes, evaluate_model, gate_model, package_model, preprocess_data, promote_model,
-                        train_model, validate_data)
+from components import (check_changes, evaluate_model, gate_model, infra_validate_model, package_model,
+                        preprocess_data, promote_model, train_model, validate_data)
 from components.image import COMPONENT_IMAGE
 
 from .platform import TrainResources, with_credentials, with_train_resources
@@ -88,16 +89,22 @@ def build_pipeline(resources: TrainResources = TrainResources()):
             gated.set_display_name("gate")
 
             with dsl.If(gated.outputs["Output"] == "promote", name="gate-passed"):
-                promoted = with_credentials(promote_model(
-                    config_json=cfg, run_id=trained.outputs["run_id"], model_uri=trained.outputs["model_uri"],
-                    data_revision=data_revision, decision=gated.outputs["decision"], champion_version=champion,
-                    evaluation=evaluated.outputs["evaluation"]))
-                promoted.set_display_name("promote")
                 packaged = with_credentials(package_model(
-                    config_json=cfg, version=promoted.output, run_id=trained.outputs["run_id"],
+                    config_json=cfg, run_id=trained.outputs["run_id"], model_uri=trained.outputs["model_uri"],
                     data_revision=data_revision, model=trained.outputs["model"],
-                    evaluation=evaluated.outputs["evaluation"]))
+                    serving_artifact=evaluated.outputs["serving_artifact"], evaluation=evaluated.outputs["evaluation"],
+                    decision=gated.outputs["decision"]))
                 packaged.set_display_name("package")
+                validated_serving = with_credentials(infra_validate_model(
+                    config_json=cfg, version=packaged.outputs["version"], run_id=trained.outputs["run_id"],
+                    bento=packaged.outputs["bento"], serving_artifact=evaluated.outputs["serving_artifact"],
+                    dataset=validated.outputs["dataset"], evaluation=evaluated.outputs["evaluation"]))
+                validated_serving.set_display_name("infra-validate")
+                promoted = with_credentials(promote_model(
+                    config_json=cfg, run_id=trained.outputs["run_id"], version=packaged.outputs["version"],
+                    champion_version=champion, decision=gated.outputs["decision"],
+                    validation=validated_serving.outputs["validation"]))
+                promoted.set_display_name("promote")
 
     return training_pipeline
 

@@ -19,8 +19,8 @@ from conftest import ROOT, VENV_BIN
 
 CI_TINY = str(ROOT / "configs" / "ci-tiny.yaml")
 IMAGE = "registry.example.com/cmunext-components:test"
-CREDENTIAL_TASKS = ("check-changes", "validate-data", "train-model", "evaluate-model", "gate-model", "promote-model",
-                    "package-model")
+CREDENTIAL_TASKS = ("check-changes", "validate-data", "train-model", "evaluate-model", "gate-model", "package-model",
+                    "infra-validate-model", "promote-model")
 
 
 def cmunext(*args, env=None, timeout=300):

@@ -127,7 +127,8 @@ def scenario(own_mlflow, own_s3, tmp_path_factory):
     outputs = home / "kfp" / "outputs"
     facts: dict = {"creds": creds}
 
-    # run A: MLflow stopped mid-train and started again, then the run is killed as the package step starts
+    # run A: MLflow stopped mid-train and started again, then the run is killed during infra-validation (after
+    # package registered the version and built its bento, before promote could move `champion`)
     log_a = work / "run-a.log"
     t0 = time.time()
     with open(log_a, "wb") as out:
@@ -145,9 +146,9 @@ def scenario(own_mlflow, own_s3, tmp_path_factory):
         up_at = time.time()
         facts["outage"] = {"stopped_at_s": round(down_at - t0, 1), "seconds": round(up_at - down_at, 1),
                            "down_ms": int(down_at * 1000), "up_ms": int(up_at * 1000)}
-        _wait_for("package step", lambda: re.search(r"package-model\s+started",
-                                                     log_a.read_text(errors="replace")), proc)
-        time.sleep(1.0)  # inside the step: its process is importing, exporting or building
+        _wait_for("infra-validate step", lambda: re.search(r"infra-validate-model\s+started",
+                                                            log_a.read_text(errors="replace")), proc)
+        time.sleep(1.0)  # inside the step: its process is importing the bento or booting its server
         os.killpg(proc.pid, signal.SIGKILL)
         facts["killed_at_s"] = round(time.time() - t0, 1)
     finally:
@@ -247,28 +248,27 @@ def test_mlflow_outage_mid_training_loses_nothing(scenario):
 
 
 @pytest.mark.slow
-def test_kill_after_promotion_leaves_a_champion_whose_artifacts_exist(scenario):
+def test_kill_during_infra_validation_leaves_the_champion_unchanged(scenario):
     at_kill = scenario["at_kill"]
     assert scenario["a_exit"] == -signal.SIGKILL
-    assert scenario["survivors"] == [], "processes of the killed run are still alive"
-    assert at_kill["champion"] and at_kill["champion"]["version"] == "1" and at_kill["versions"] == ["1"]
-    assert any(a.endswith("model.safetensors") for a in at_kill["artifacts"]), at_kill["artifacts"]
-    assert not [a for a in at_kill["artifacts"] if a.endswith((".pkl", ".pickle"))]  # nothing pickled
-    # the bento is the package step's: killed before it, so `cmunext serve` says what is missing
-    assert "bento" not in at_kill and "run the pipeline's package step" in at_kill["bento_error"]
+    assert scenario["survivors"] == [], "processes of the killed run (its bento server too) are still alive"
+    # registered and packaged, never promoted: `champion` moves only after the bento served as evaluated
+    assert at_kill["champion"] is None and at_kill["versions"] == ["1"]
 
 
 @pytest.mark.slow
-def test_rerun_after_kill_completes_from_cache_without_promoting_twice(scenario):
+def test_rerun_after_kill_completes_from_cache_and_promotes_once(scenario):
     log, after = scenario["b_log"], scenario["after"]
     assert scenario["b_exit"] == 0, log[-4000:]
-    for task in ("validate-data", "preprocess-data", "train-model"):
+    for task in ("validate-data", "preprocess-data", "train-model", "evaluate-model", "package-model"):
         assert re.search(rf"{task}\s+cached", log), task
+    assert re.search(r"infra-validate-model\s+done", log) and re.search(r"promote-model\s+done", log)
     assert after["versions"] == ["1"] and after["champion"]["version"] == "1"
-    assert [h["event"] for h in after["history"]] == ["promoted"]  # promoted once, by the killed run
+    assert [h["event"] for h in after["history"]] == ["promoted"]
     summary = scenario["b_summary"]
-    assert summary["champion_before"] == summary["champion_after"] == "1" and not summary["promoted"]
-    assert after["bento"] and after["version_tags"]["bento_tag"] == after["bento"]  # the missing bento was built
+    assert summary["champion_before"] is None and summary["champion_after"] == "1" and summary["promoted"]
+    assert after["bento"] and after["version_tags"]["bento_tag"] == after["bento"]
+    assert after["version_tags"]["infra_validation"] == "passed"
     assert any(k.endswith("model.safetensors") for k in after["s3_keys"])
 
 
@@ -361,7 +361,7 @@ def test_interrupted_promotion_is_finished_by_the_rerun_and_never_repeated(tmp_p
     from mlflow.exceptions import MlflowException
 
     from cmunext.config import load_config
-    from cmunext.steps import promote
+    from cmunext.steps import promote, register
     from cmunext.tracking import mlflow_runs, registry
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -384,26 +384,31 @@ def test_interrupted_promotion_is_finished_by_the_rerun_and_never_repeated(tmp_p
         return {"decision": "promote", "reasons": [], "checks": [{"message": "ok"}], "champion_version": champion}
 
     evaluation = {"metrics": {"iou": {"value": 0.5}, "dice": {"value": 0.6}}, "latency": {"p95_ms": 3.0}}
+    validation = {"passed": True, "summary": "canaries as evaluated"}
     run1, uri1 = trained_run()
     real_promote = registry.promote
 
     def server_gone(*args, **kwargs):
         raise MlflowException("simulated: the tracking server went away")
 
+    assert register(cfg, decision(None), evaluation, run1, uri1, "rev") == "1"  # the package step's part
     monkeypatch.setattr(registry, "promote", server_gone)
     with pytest.raises(MlflowException):
-        promote(cfg, decision(None), evaluation, run1, uri1, "rev")
+        promote(cfg, decision(None), "1", run1, validation)
     assert registry.version_for_run(name, run1) == "1" and registry.champion(name) is None  # half made
 
     monkeypatch.setattr(registry, "promote", real_promote)
-    done = promote(cfg, decision(None), evaluation, run1, uri1, "rev")
+    assert register(cfg, decision(None), evaluation, run1, uri1, "rev") == "1"  # the re-run finds it, registers nothing
+    done = promote(cfg, decision(None), "1", run1, validation)
     assert done["event"] == "promoted" and done["version"] == "1" and registry.champion(name)["version"] == "1"
-    assert promote(cfg, decision(None), evaluation, run1, uri1, "rev")["event"] == "already_registered"
+    assert promote(cfg, decision(None), "1", run1, validation)["event"] == "already_registered"
 
     run2, uri2 = trained_run()  # v2 promoted, then rolled back: re-running v2's promotion must not bring it back
-    assert promote(cfg, decision("1"), evaluation, run2, uri2, "rev")["version"] == "2"
+    assert register(cfg, decision("1"), evaluation, run2, uri2, "rev") == "2"
+    assert promote(cfg, decision("1"), "2", run2, validation)["version"] == "2"
     registry.rollback(name, "bad model")
-    assert promote(cfg, decision("1"), evaluation, run2, uri2, "rev")["event"] == "already_registered"
+    assert register(cfg, decision("1"), evaluation, run2, uri2, "rev") == "2"
+    assert promote(cfg, decision("1"), "2", run2, validation)["event"] == "already_registered"
     assert registry.champion(name)["version"] == "1"
     versions = mlflow.MlflowClient().search_model_versions(f"name='{name}'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]

@@ -59,7 +59,11 @@ def test_first_run_promotes_and_tracks_everything(first_run, env):
     champ = reg["champion"]
     assert champ["version"] == "1" and champ["tags"]["gate_decision"] == "promote"
     assert champ["tags"]["data_revision"] == "workspace" and "bento_tag" in champ["tags"]
+    assert champ["tags"]["infra_validation"] == "passed"  # its bento booted and served before the alias moved
     assert [h["event"] for h in reg["history"]] == ["promoted"]
+    assert "served by its bento" in reg["history"][0]["reason"]
+    order = [st["step"] for st in summary["steps"]]
+    assert order.index("package-model") < order.index("infra-validate-model") < order.index("promote-model")
 
     import mlflow
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
@@ -93,7 +97,6 @@ def _s3_objects(env):
 def test_unchanged_rerun_comes_from_cache(first_run, env, tmp_path):
     proc, summary = run(env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    log = proc.stdout + proc.stderr
     for task in ("validate-data", "preprocess-data", "train-model"):
         assert re.search(rf"  {task}\s+cached\n", proc.stdout), task
     assert [s["status"] for s in summary["steps"] if s["step"] == "train-model"] == ["CACHED"]
@@ -128,6 +131,26 @@ def test_failing_step_leaves_registry_as_it_was(first_run, env, tmp_path, datase
     assert registry(env) == before
 
 
+def test_a_bento_that_fails_at_start_is_rejected_before_promotion(env, tmp_path):
+    """Infra-validation boots the bento as deployed: a server that fails at start (here: a serving setting the
+    model service cannot parse, which building the bento never reads) rejects the version, with the reason in
+    MLflow and on screen; no champion moves."""
+    model = "cmunext-ci-infra"
+    proc, summary = run({**env, "CMUNEXT_ORT_THREADS": "two"}, tmp_path, f"registry.model_name={model}")
+    assert proc.returncode != 0 and summary is None
+    error = proc.stderr.split("cmunext: error:")[-1]
+    assert "infra-validate-model" in error and "Champion unchanged: none" in error
+    assert "failed infra-validation" in proc.stdout and "invalid literal for int()" in proc.stdout
+    shown = json.loads(cmunext(env, "registry", "show", "--model-name", model, "--json").stdout)
+    assert shown["champion"] is None
+    rejection = shown["history"][-1]
+    assert rejection["event"] == "rejected" and rejection["reason"].startswith("infra-validation: ")
+    assert "failed to start" in rejection["reason"]
+    import mlflow
+    version = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version(model, "1")
+    assert version.tags["infra_validation"] == "failed" and "bento_tag" in version.tags
+
+
 def test_compiled_yaml_has_every_step_and_the_gate_condition(tmp_path):
     out = tmp_path / "pipeline.yaml"
     proc = cmunext(os.environ, "pipeline", "compile", "--out", str(out))
@@ -135,7 +158,7 @@ def test_compiled_yaml_has_every_step_and_the_gate_condition(tmp_path):
     spec = next(yaml.safe_load_all(out.read_text()))
     executors = set(spec["deploymentSpec"]["executors"])
     for step in ("check-changes", "validate-data", "preprocess-data", "train-model", "evaluate-model", "gate-model",
-                 "promote-model", "package-model"):
+                 "package-model", "infra-validate-model", "promote-model"):
         assert f"exec-{step}" in executors
     gate = spec["components"]["comp-condition-1"]["dag"]["tasks"]["condition-2"]["triggerPolicy"]["condition"]
     assert "gate-model" in gate and "'promote'" in gate

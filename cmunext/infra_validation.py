@@ -1,0 +1,160 @@
+"""Infra-validation (TFX's InfraValidator, for bentos): boot the packaged bento as it is deployed (from its
+.bento archive, in a private BentoML home, authentication required), before the registry's `champion` moves.
+
+It waits for /readyz, sends canary images from the test split, and passes only when every served mask equals
+the mask the evaluated serving artifact gives in this process (at most MASK_TOLERANCE of the pixels may differ)
+and the served p95 latency over HTTP meets the latency gate. A server that does not start, a wrong mask or a
+slow server is a failure whose reasons the pipeline records as a rejection.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CANARY_IMAGES = 8
+LATENCY_REQUESTS = 20
+MASK_TOLERANCE = 1e-3  # share of pixels: resize and threshold rounding at a few border pixels, nothing more
+READY_TIMEOUT_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _boot(archive: Path, home: Path, port: int, log: Path, token: str) -> tuple[subprocess.Popen, str]:
+    """Import ARCHIVE into HOME and start `bentoml serve` on it as the Deployment runs it (authentication
+    required, with TOKEN); returns the process and the bento tag."""
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", "PYTHONUNBUFFERED": "1"}
+    env.pop("CMUNEXT_BENTO_MODEL", None)
+    imported = subprocess.run([sys.executable, "-m", "bentoml", "import", str(archive)], env=env,
+                              capture_output=True, text=True, timeout=300)
+    if imported.returncode != 0:
+        raise RuntimeError(f"the bento archive does not import: {(imported.stderr or imported.stdout)[-500:]}")
+    tag = next(w for w in imported.stdout.replace('"', " ").split() if w.startswith("cmunext-service:"))
+    with open(log, "wb") as out:
+        # in the step's own process group: a killed run takes its canary server with it
+        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1",
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                env={**env, "CMUNEXT_REQUIRE_AUTH": "true", "CMUNEXT_API_TOKEN": token})
+    return proc, tag
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM: bentoml serve stops its workers before it exits."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _startup_error(log: Path) -> str | None:
+    """The exception of a service that failed to start (BentoML keeps the others up, so nothing exits)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    if "startup failed" not in text and "Traceback" not in text:
+        return None
+    errors = [line.strip() for line in text.splitlines() if re.match(r"^\w+(\.\w+)*(Error|Exception|Missing)\b", line)]
+    return errors[-1] if errors else "see the server log"
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> float:
+    import requests
+
+    started = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the bento's server exited with code {proc.returncode} before it was ready: "
+                               f"{_startup_error(log) or 'see the server log'}")
+        if (error := _startup_error(log)) is not None:
+            raise RuntimeError(f"the bento's server failed to start: {error}")
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return time.monotonic() - started
+        except (requests.ConnectionError, requests.Timeout):
+            pass
+        if time.monotonic() - started > READY_TIMEOUT_S:
+            raise RuntimeError(f"the bento's server was not ready after {READY_TIMEOUT_S} s")
+        time.sleep(0.5)
+
+
+def validate_bento(archive: str | Path, artifact: str | Path, data_dir: str | Path, stems: list[str],
+                   max_latency_ms: float, out_dir: str | Path, threshold: float = 0.5) -> dict:
+    """Boot ARCHIVE and check it against ARTIFACT (the evaluated serving artifact) on the canary STEMS."""
+    import io
+
+    import requests
+    from PIL import Image
+
+    from .data.dataset import find_file
+    from .serving.runtime import OnnxModel, decode_image, preprocess, resize_back
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    canaries = sorted(stems)[:CANARY_IMAGES]
+    model = OnnxModel(artifact)
+    result = {"passed": False, "bento_archive": str(archive), "canaries": canaries, "reasons": [],
+              "max_latency_ms": max_latency_ms, "mask_tolerance": MASK_TOLERANCE}
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = out_dir / "server.log"
+    token = secrets.token_urlsafe(24)
+    auth = {"Authorization": f"Bearer {token}"}
+    with tempfile.TemporaryDirectory(prefix="cmunext-infra-validate-") as home:
+        try:
+            proc, tag = _boot(Path(archive), Path(home), port, log, token)
+        except (RuntimeError, subprocess.TimeoutExpired, StopIteration) as exc:
+            result["reasons"].append(f"the bento archive could not be booted: {exc}")
+            return result
+        result["bento_tag"] = tag
+        try:
+            result["ready_s"] = round(_wait_ready(url, proc, log), 1)
+            images = {s: find_file(Path(data_dir) / "images", s) for s in canaries}
+            for stem, path in images.items():
+                data = path.read_bytes()
+                r = requests.post(f"{url}/segment", files={"image": (path.name, data)}, headers=auth, timeout=120)
+                if r.status_code != 200:
+                    result["reasons"].append(f"{stem}: /segment answered {r.status_code}: {r.text[:200]}")
+                    continue
+                served = np.asarray(Image.open(io.BytesIO(r.content))) == 255
+                image = decode_image(data, 10**9, path.name)
+                prob = resize_back(model.probabilities(preprocess(image, model.size, model.channels)[None])[0],
+                                   image.shape[0], image.shape[1])
+                differ = float(np.mean(served != (prob > threshold))) if served.shape == prob.shape else 1.0
+                result.setdefault("mask_differences", {})[stem] = round(differ, 6)
+                if differ > MASK_TOLERANCE:
+                    result["reasons"].append(f"{stem}: {differ:.2%} of the served mask differs from the evaluated "
+                                             f"artifact's (tolerance {MASK_TOLERANCE:.1%})")
+            times = []
+            for i in range(LATENCY_REQUESTS):
+                path = images[canaries[i % len(canaries)]]
+                t0 = time.perf_counter()
+                requests.post(f"{url}/segment", files={"image": (path.name, path.read_bytes())}, headers=auth,
+                              timeout=120).raise_for_status()
+                times.append((time.perf_counter() - t0) * 1000)
+            p95 = float(np.percentile(times, 95))
+            result["latency_ms"] = {"p50": round(float(np.median(times)), 1), "p95": round(p95, 1)}
+            if p95 > max_latency_ms:
+                result["reasons"].append(f"served p95 latency {p95:.0f} ms over HTTP exceeds the gate's "
+                                         f"{max_latency_ms:.0f} ms")
+        except (RuntimeError, requests.RequestException) as exc:
+            result["reasons"].append(str(exc))
+        finally:
+            _stop(proc)
+    result["passed"] = not result["reasons"]
+    if result["passed"]:
+        result["summary"] = (f"{len(canaries)} canary masks as evaluated, HTTP p95 {result['latency_ms']['p95']:.0f}"
+                             f" ms ≤ {max_latency_ms:.0f} ms, ready in {result['ready_s']:.0f} s")
+    return result
