@@ -167,7 +167,7 @@ def cmd_evaluate(args) -> int:
 def cmd_pipeline_run(args) -> int:
     from pipelines.run import run_pipeline
     summary = run_pipeline(args.config, args.set, caching=not args.no_cache, if_changed=args.if_changed,
-                           verbose=args.verbose, runner=args.runner)
+                           verbose=args.verbose, runner=args.runner, isolated=args.isolated)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     print(format_run_summary(summary))
@@ -328,8 +328,15 @@ def cmd_registry_users_apply(args) -> int:
     return 0
 
 
+def _use_bento_store(args) -> None:
+    """The config's bento store, where the registry's promotion lease lives (cmunext/tracking/lease.py)."""
+    from .serving import store
+    store.use(load_config(getattr(args, "config", None), []).registry.bento_store)
+
+
 def cmd_registry_promote(args) -> int:
     from .tracking import registry
+    _use_bento_store(args)
     entry = registry.promote(_model_name(args), str(args.version), reason=f"manual: {args.reason}")
     print(f"version {entry['version']} is now champion (was {entry['replaced'] or 'none'})")
     return 0
@@ -337,6 +344,7 @@ def cmd_registry_promote(args) -> int:
 
 def cmd_registry_rollback(args) -> int:
     from .tracking import registry
+    _use_bento_store(args)
     entry = registry.rollback(_model_name(args), reason=f"rollback: {args.reason}")
     print(f"rolled back: version {entry['version']} is champion again (was {entry['replaced']})")
     return 0
@@ -347,7 +355,7 @@ def cmd_registry_rollback(args) -> int:
 def cmd_serve(args) -> int:
     """`champion` (default) and plain version numbers resolve through the MLflow registry to the
     bento the package step built for that version; anything else is a bento or BentoML model tag."""
-    from .serving.serve import find_bento, serve
+    from .serving.serve import bento_for_version, serve
 
     target = args.model
     if target == "champion" or target.isdigit():
@@ -360,7 +368,7 @@ def cmd_serve(args) -> int:
                 raise registry.RegistryError(f"{name} has no champion yet: run the pipeline (make demo) first")
             version = champ["version"]
         try:
-            target = find_bento(version, name)
+            target = bento_for_version(version, name)
         except LookupError as exc:
             raise registry.RegistryError(str(exc)) from None
     from .serving.guard import api_token
@@ -406,7 +414,7 @@ def cmd_containerize(args) -> int:
 
 def _resolve_version(args) -> tuple[str, str]:
     """(MLflow version, bento tag) for --model champion|VERSION."""
-    from .serving.serve import find_bento
+    from .serving.serve import bento_for_version
     from .tracking import registry
     name, version = _model_name(args), args.model
     if version == "champion":
@@ -417,7 +425,7 @@ def _resolve_version(args) -> tuple[str, str]:
     elif not version.isdigit():
         raise registry.RegistryError(f"--model must be champion or a version number of {name}, got {version!r}")
     try:
-        return version, find_bento(version, name)
+        return version, bento_for_version(version, name)
     except LookupError as exc:
         raise registry.RegistryError(str(exc)) from None
 
@@ -539,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runner", choices=["subprocess", "container"], default=os.environ.get("CMUNEXT_RUNNER", "subprocess"),
                    help="where each step runs: this environment, or the component image (`make images`) through "
                         "podman or docker ($CMUNEXT_RUNNER)")
+    p.add_argument("--isolated", action="store_true",
+                   help="with --runner container: each step keeps its state in its own container, as pods do; the "
+                        "steps share only kfp's artifacts, MLflow and the bento store ($CMUNEXT_BENTO_STORE)")
     p.set_defaults(func=cmd_pipeline_run)
     p = psub.add_parser("compile", help="compile the pipeline YAML for a Kubeflow Pipelines cluster")
     p.add_argument("--out", required=True)

@@ -135,6 +135,9 @@ class GateConfig(_Section):
 
 class RegistryConfig(_Section):
     model_name: str = "cmunext"
+    # Where each version's .bento archive is kept for deployments (cmunext/serving/store.py): a folder or
+    # s3://bucket/prefix; $CMUNEXT_BENTO_STORE overrides; default <state folder>/bento-store.
+    bento_store: str | None = None
 
 
 class RetrainConfig(_Section):

@@ -333,6 +333,8 @@ def _breakdown_metrics(b: dict) -> dict[str, float]:
 
 def gate(cfg: RunConfig, evaluation: dict, run_id: str | None = None) -> dict:
     from .gate import decide
+    from .serving import store
+    store.use(cfg.registry.bento_store)
     decision = decide(evaluation, cfg.gate)
     if run_id:
         from .tracking import access, mlflow_runs, registry
@@ -366,8 +368,10 @@ def register(cfg: RunConfig, decision: dict, evaluation: dict, run_id: str, mode
 
 def promote(cfg: RunConfig, decision: dict, version: str, run_id: str, validation: dict) -> dict:
     """Move `champion` to VERSION, against the champion the gate saw, once its bento served correctly."""
+    from .serving import store
     from .tracking import mlflow_runs, registry
 
+    store.use(cfg.registry.bento_store)
     if decision["decision"] != "promote" or not validation.get("passed"):
         raise StepFailed("promote called for a model that was not gated and validated")
     name = cfg.registry.model_name
@@ -391,26 +395,31 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
             evaluation: dict, out_dir: str | Path, exported: str | Path) -> dict:
     """Bento for a registered version, from EXPORTED: the serving artifact the evaluate step measured (its
     declared output), shipped as it is, so the gate's latency is the served one's. The .bento archive goes to
-    OUT_DIR (the step's output artifact) and the local bento store; its tag is recorded on the version."""
+    OUT_DIR (the step's output artifact) and to the bento store (registry.bento_store), whose URI and sha256
+    are recorded on the version with the bento's tag."""
+    from .data.fingerprint import sha256_file
+    from .serving import store
     from .serving.package import package_model
-    from .serving.serve import find_bento
     from .tracking import registry
 
+    store.use(cfg.registry.bento_store)
     name = cfg.registry.model_name
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     archive = out_dir / "bento.bento"
     tags = registry.version_tags(name, str(version))
-    if tags.get("bento_tag") and archive.exists():  # a re-run: the bento exists already
-        try:
-            return {"bento_tag": find_bento(version, name), "archive": str(archive), "reused": "true"}
-        except LookupError:
-            pass  # recorded but gone from this store: build it again
+    if tags.get("bento_uri") and archive.exists() and sha256_file(archive) == tags.get("bento_sha256"):
+        return {"bento_tag": tags["bento_tag"], "archive": str(archive), "bento_uri": tags["bento_uri"],
+                "reused": "true"}  # a re-run: built and stored already
     metrics = {k: v["value"] for k, v in evaluation["metrics"].items()}
     metrics["latency_p95_ms"] = evaluation["latency"]["p95_ms"]
     result = package_model(weights, model_name=name, model_version=str(version), run_id=run_id,
                            data_revision=data_revision, metrics=metrics, exported=exported, export_to=str(archive))
-    registry.tag_version(name, str(version), {"bento_tag": result["bento_tag"], "bento_archive": str(archive)})
+    uri = store.archive_uri(store.root(cfg.registry.bento_store), name, version, result["bento_tag"])
+    digest = store.put(archive, uri)
+    registry.tag_version(name, str(version), {"bento_tag": result["bento_tag"], "bento_uri": uri,
+                                              "bento_sha256": digest, "bento_archive": str(archive)})
+    result.update(bento_uri=uri, bento_sha256=digest)
     (out_dir / "bento.json").write_text(json.dumps(result, indent=1, default=str))
     return {k: str(v) for k, v in result.items()}
 
@@ -422,8 +431,10 @@ def infra_validate(cfg: RunConfig, version: str, run_id: str, archive: str | Pat
     """Boot the bento as deployed and check it before `champion` can move (cmunext/infra_validation.py). A
     failure is a rejection, recorded with its reasons on the run, the version and the registry's history."""
     from .infra_validation import validate_bento
+    from .serving import store
     from .tracking import mlflow_runs, registry
 
+    store.use(cfg.registry.bento_store)
     stems = [r["stem"] for r in evaluation["per_image"]]
     result = validate_bento(archive, artifact, data_dir, stems, cfg.gate.max_latency_ms, out_dir,
                             cfg.eval.threshold)

@@ -39,23 +39,27 @@ def measure_data(cfg: RunConfig) -> str:
 
 
 def run_pipeline(config: str | Path | None, overrides: list[str] | None = None, caching: bool = True,
-                 if_changed: bool = False, verbose: bool = False, runner: str = "subprocess") -> dict:
+                 if_changed: bool = False, verbose: bool = False, runner: str = "subprocess",
+                 isolated: bool = False) -> dict:
     """Run the whole pipeline; returns a summary (decision, metrics, registry state, where things are).
     With `if_changed` it trains only when the data, the code or the champion's age call for it. The screen
     shows a line per step and the epochs; kfp.local's full output goes to `pipeline.log` in the run's folder
     (and to the screen too with `verbose`). RUNNER: "subprocess" (this environment) or "container" (every
-    step in the component image)."""
+    step in the component image; with ISOLATED, each container keeps its state to itself, as pods do)."""
     from contextlib import ExitStack
 
     cfg = load_config(config, overrides)
     source = Path(cfg.data.source).expanduser()
     if runner == "container" and cfg.data.source != "synth" and source.is_dir():
         cfg.data.source = str(source.resolve())  # the tasks see it at the same absolute path (read-only)
+    from cmunext.serving import store
+    store.use(cfg.registry.bento_store)
     with ExitStack() as stack:  # the runner's services (the engine's API, a local MLflow server) end with the run
-        return _run(cfg, caching, if_changed, verbose, runner, stack)
+        return _run(cfg, caching, if_changed, verbose, runner, stack, isolated)
 
 
-def _run(cfg: RunConfig, caching: bool, if_changed: bool, verbose: bool, runner: str, stack) -> dict:
+def _run(cfg: RunConfig, caching: bool, if_changed: bool, verbose: bool, runner: str, stack,
+         isolated: bool = False) -> dict:
     from kfp import local
 
     from cmunext.tracking import mlflow_runs, registry
@@ -73,7 +77,8 @@ def _run(cfg: RunConfig, caching: bool, if_changed: bool, verbose: bool, runner:
     root = state_dir() / "kfp"
     store = mlflow_runs.tracking_uri()  # the container runner may serve this store for the run's length only
     kfp_run = stack.enter_context(kfp_runner(runner, state_dir(), root / "outputs", PROJECT_ROOT,
-                                             [source] if source.is_absolute() and source.is_dir() else []))
+                                             [source] if source.is_absolute() and source.is_dir() else [],
+                                             isolated=isolated))
     os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_runs.tracking_uri())
     data_md5 = measure_data(cfg)
     before = registry.champion(cfg.registry.model_name)

@@ -77,8 +77,10 @@ def reliable_exit_codes() -> Iterator[None]:
 
 @contextmanager
 def kfp_runner(kind: str, state: Path, pipeline_root: Path, project_root: Path,
-               read_only: list[Path] = ()) -> Iterator[object]:
-    """A kfp.local runner of KIND; for containers, also the engine's API and, when needed, a local MLflow server."""
+               read_only: list[Path] = (), isolated: bool = False) -> Iterator[object]:
+    """A kfp.local runner of KIND; for containers, also the engine's API and, when needed, a local MLflow server.
+    ISOLATED (containers only): every task keeps its state in its own container, as pods do; the tasks share
+    only the pipeline root (the artifacts kfp hands from step to step), MLflow and the bento store."""
     from kfp import local
 
     if kind == "subprocess":
@@ -86,6 +88,11 @@ def kfp_runner(kind: str, state: Path, pipeline_root: Path, project_root: Path,
         return
     if kind != "container":
         raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {kind!r}")
+    from cmunext.serving import store
+    bento_store = store.root(None)
+    if isolated and not bento_store.startswith("s3://") and not os.environ.get(store.ENV):
+        raise ValueError(f"isolated steps share no disk: set {store.ENV} (or registry.bento_store) to s3://... or "
+                         "to a folder every step mounts")
     import docker
 
     from cmunext.containers.engine import docker_api, find_engine
@@ -101,15 +108,28 @@ def kfp_runner(kind: str, state: Path, pipeline_root: Path, project_root: Path,
             os.environ["MLFLOW_TRACKING_URI"] = stack.enter_context(local_mlflow_server(state))
         os.environ["DOCKER_HOST"] = stack.enter_context(docker_api(engine))
         pipeline_root.mkdir(parents=True, exist_ok=True)
-        _make_shared(state)
         stack.enter_context(reliable_exit_codes())
         old_umask = os.umask(0)  # folders kfp.local makes for the tasks must be writable by the image's user
         stack.callback(os.umask, old_umask)
-        mounts = [docker.types.Mount(str(state), str(state), type="bind")]
+        if isolated:  # the pipeline root only (kfp's artifact hand-off), plus a folder bento store if that is one
+            shared = [pipeline_root] + ([Path(bento_store)] if not bento_store.startswith("s3://") else [])
+        else:
+            shared = [state]
+        mounts = []
+        for folder in shared:
+            folder.mkdir(parents=True, exist_ok=True)
+            _make_shared(folder)
+            mounts.append(docker.types.Mount(str(folder), str(folder), type="bind"))
         for folder in {project_root.resolve(), *(p.resolve() for p in read_only)}:
             mounts.append(docker.types.Mount(str(folder), str(folder), type="bind", read_only=True))
         env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
-        env.update(CMUNEXT_HOME=str(state), TQDM_DISABLE="1", PYTHONUNBUFFERED="1",
+        if isolated:
+            env.pop("CMUNEXT_HOME", None)  # each container's own, empty, gone when it ends
+            env.pop("BENTOML_HOME", None)
+            env[store.ENV] = bento_store
+        else:
+            env["CMUNEXT_HOME"] = str(state)
+        env.update(TQDM_DISABLE="1", PYTHONUNBUFFERED="1",
                    # the project is mounted owned by another user: let git (DVC's revisions) read it
                    GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="safe.directory", GIT_CONFIG_VALUE_0="*")
         env.pop("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", None)

@@ -137,6 +137,38 @@ def test_pipeline_runs_every_step_in_its_container(container_run, built):
     assert version.tags["bento_tag"].startswith("cmunext-service:")
 
 
+def test_pods_share_nothing(built, s3_server, tmp_path):
+    """Every step in its own container with its own empty state folder, as pods have: they share only kfp's
+    artifacts, MLflow and the bento store (S3). The pipeline still promotes, and the bento ships the very
+    artifact the evaluate step timed."""
+    server = MlflowServer(tmp_path, s3_server, bucket="isolated-run")
+    s3_server.make_bucket("isolated-store")
+    state = tmp_path / "state"
+    env = {**os.environ, "CMUNEXT_HOME": str(state), "MLFLOW_TRACKING_URI": server.url, **s3_server.env(),
+           "CMUNEXT_BENTO_STORE": "s3://isolated-store/bentos"}
+    try:
+        proc = subprocess.run([CMUNEXT, "pipeline", "run", "--config", "configs/ci-tiny.yaml", "--runner", "container",
+                               "--isolated", "--json", str(tmp_path / "summary.json")], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["promoted"] and summary["champion_after"] == "1"
+        run_dir = Path(summary["outputs"])
+        timed = json.loads((run_dir / "evaluate-model" / "serving_artifact" / "export.json").read_text())["sha256"]
+        shipped = json.loads((run_dir / "package-model" / "bento" / "bento.json").read_text())
+        assert shipped["sha256"] == timed
+        import mlflow
+        tags = mlflow.MlflowClient(server.url).get_model_version("cmunext-ci", "1").tags
+        assert tags["bento_uri"].startswith("s3://isolated-store/bentos/cmunext-ci/v1/")
+        assert tags["infra_validation"] == "passed"
+        keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket="isolated-store")["Contents"]}
+        assert tags["bento_uri"].removeprefix("s3://isolated-store/") in keys
+        assert "bentos/cmunext-ci/promotion.lease" in keys  # the registry's lease, in shared storage
+        assert not (state / "bentoml").exists()  # no step wrote to this machine's state folder
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def serving_image(container_run, engine) -> str:
     proc = subprocess.run([CMUNEXT, "containerize", "--model", "champion", "--model-name", "cmunext-ci"],

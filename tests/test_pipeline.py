@@ -22,8 +22,9 @@ MODEL = "cmunext-ci"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, mlflow_server, s3_server):
     home = tmp_path_factory.mktemp("pipeline-state")
+    s3_server.make_bucket("cmunext-bentos")
     return {**os.environ, **s3_server.env(), "CMUNEXT_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_server.url,
-            "TQDM_DISABLE": "1"}
+            "TQDM_DISABLE": "1", "CMUNEXT_BENTO_STORE": "s3://cmunext-bentos/pipeline"}
 
 
 def cmunext(env, *args, timeout=900):
@@ -210,6 +211,45 @@ def test_cmunext_serve_serves_the_champions_bento(first_run, env, tmp_path):
         log.close()
     with socket.socket() as s:  # the server went with it: nothing holds the port
         assert s.connect_ex(("127.0.0.1", port)) != 0, "bentoml serve outlived `cmunext serve`"
+
+
+def test_a_machine_with_an_empty_state_folder_serves_the_champion(first_run, env, tmp_path):
+    """The deployment follows the registry: `cmunext serve` on a machine that shares only MLflow and the bento
+    store resolves @champion, fetches its archive (checked against the recorded sha256) and serves it."""
+    import signal
+    import time
+
+    import requests
+
+    from conftest import free_port, wait_for_port
+
+    tags = registry(env)["champion"]["tags"]
+    assert tags["bento_uri"].startswith("s3://cmunext-bentos/pipeline/cmunext-ci/v1/") and len(tags["bento_sha256"]) == 64
+    empty = tmp_path / "another-machine"
+    port = free_port()
+    fresh = {**env, "CMUNEXT_HOME": str(empty)}
+    fresh.pop("BENTOML_HOME", None)
+    proc = subprocess.Popen([str(VENV_BIN / "cmunext"), "serve", "--model-name", MODEL, "--port", str(port)],
+                            env=fresh, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, proc, timeout=180)
+        deadline = time.time() + 120
+        while requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code != 200:
+            assert time.time() < deadline, "service never became ready"
+            time.sleep(0.5)
+        image = (np.random.default_rng(1).random((70, 90)) * 255).astype(np.uint8)
+        import io
+
+        from PIL import Image
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        info = requests.post(f"http://127.0.0.1:{port}/segment_json",
+                             files={"image": ("x.png", buf.getvalue(), "image/png")}, timeout=60).json()
+        assert info["model"]["mlflow_version"] == "1" and info["height"] == 70
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert (empty / "bentoml" / "bentos" / "cmunext-service").is_dir()  # fetched into the empty state folder
 
 
 def test_if_changed_ends_quickly_when_nothing_changed(first_run, env, tmp_path):

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..storage_errors import classify
 from .imageio import DataError
 
 DEFAULT_REMOTE = "local"
@@ -190,68 +191,6 @@ def _describe(name: str | None, conf: dict) -> str:
     return where
 
 
-def _chain(exc: BaseException):
-    seen = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        stack.extend([e.__cause__, e.__context__])
-        for attr in ("exc", "errors", "exceptions"):  # DVC and fsspec wrap collections of errors
-            inner = getattr(e, attr, None)
-            if isinstance(inner, BaseException):
-                stack.append(inner)
-            elif isinstance(inner, (list, tuple)):
-                stack.extend(x for x in inner if isinstance(x, BaseException))
-
-
-_UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
-                "ServerDisconnectedError", "ConnectionRefusedError", "ConnectionError",
-                "ClientConnectionError", "ReadTimeoutError", "NewConnectionError", "gaierror")
-_AUTH_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
-               "ExpiredToken", "InvalidClientTokenId", "AuthorizationHeaderMalformed", "403", "Forbidden")
-
-
-def _classify(exc: BaseException, logs: list[logging.LogRecord]) -> tuple[str, str]:
-    """('nocreds'|'auth'|'unreachable'|'nobucket'|'missing'|'', detail) from an exception chain.
-
-    The whole chain is read before deciding: DVC wraps the cause (e.g. NoCredentialsError inside a
-    DataIndexDirError), and the most specific cause wins."""
-    found: dict[str, str] = {}
-    texts = []
-    for e in _chain(exc):
-        name, text = type(e).__name__, str(e)
-        texts.append(text)
-        response = getattr(e, "response", None)
-        code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
-        if name == "NoCredentialsError" or "Unable to locate credentials" in text:
-            found.setdefault("nocreds", text)
-        if code in _AUTH_CODES or any(c in text for c in _AUTH_CODES[:6]):
-            found["auth"] = f"{code}: {text}" if code else text  # prefer the innermost S3 error
-        elif isinstance(e, PermissionError) and "Forbidden" in text:
-            found.setdefault("auth", text)
-        if code == "NoSuchBucket" or "NoSuchBucket" in text or "bucket does not exist" in text.lower():
-            found.setdefault("nobucket", text)
-        if name in _UNREACHABLE or isinstance(e, (ConnectionRefusedError, TimeoutError)) \
-                or "Could not connect to the endpoint" in text or "Connection refused" in text:
-            found.setdefault("unreachable", text)
-        if "No storage files available" in text or name in ("DataIndexDirError", "FileNotFoundError"):
-            found.setdefault("missing", text)
-    for r in logs:
-        msg = r.getMessage()
-        if "Unable to locate credentials" in msg:
-            found.setdefault("nocreds", msg)
-        if "Could not connect" in msg or "Connection refused" in msg:
-            found.setdefault("unreachable", msg)
-    for kind in ("nocreds", "auth", "unreachable", "nobucket", "missing"):
-        if kind in found:
-            return kind, found[kind]
-    return "", "; ".join(t for t in texts if t)[:500]
-
-
 def _remote_error(exc: BaseException, logs, name: str | None, conf: dict, action: str,
                   hint: str = "") -> VersioningError:
     err = _remote_error_bare(exc, logs, name, conf, action)
@@ -261,7 +200,7 @@ def _remote_error(exc: BaseException, logs, name: str | None, conf: dict, action
 
 
 def _remote_error_bare(exc: BaseException, logs, name: str | None, conf: dict, action: str) -> VersioningError:
-    kind, detail = _classify(exc, logs)
+    kind, detail = classify(exc, logs)
     where = _describe(name, conf)
     url, endpoint = conf.get("url"), conf.get("endpointurl")
     args = (name, url, endpoint)

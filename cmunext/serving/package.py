@@ -42,21 +42,24 @@ def _export_failure(bento_tag: str, target: str, exc: Exception) -> ExportError:
     """A message naming the destination, the S3 endpoint and the cause. botocore has already retried what is safe
     to retry (connection errors, throttling, 5xx: AWS_MAX_ATTEMPTS, default 5, with backoff); refused credentials
     and missing buckets are not retried."""
+    from ..storage_errors import classify
+
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS's default S3 endpoint"
-    text, name = str(exc), type(exc).__name__
-    if "Could not connect" in text or "EndpointConnection" in name or "ConnectTimeout" in name:
-        cause = "nothing answers there (after botocore's retries): is the S3 server running and the endpoint right?"
-    elif isinstance(exc, PermissionError) or any(k in text for k in ("InvalidAccessKeyId", "SignatureDoesNotMatch",
-                                                                      "AccessDenied", "Access Denied", "Forbidden")):
-        cause = "it refused the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment)"
-    elif "NoCredentials" in name or "Unable to locate credentials" in text:
-        cause = "no S3 credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
-    elif isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text:
-        cause = "the bucket does not exist"
-    else:
-        cause = name
+    kind, _ = classify(exc)
+    cause = STORAGE_CAUSES.get(kind, type(exc).__name__)
     return ExportError(f"bento {bento_tag} was built (kept in {bentoml_home()}) but exporting it to {target} at "
-                       f"{endpoint} failed: {cause} ({name}: {text})")
+                       f"{endpoint} failed: {cause} ({type(exc).__name__}: {exc})")
+
+
+# what each kind of storage error (cmunext/storage_errors.py) means for a write to S3
+STORAGE_CAUSES = {
+    "unreachable": "nothing answers there (after botocore's retries): is the S3 server running and the endpoint right?",
+    "auth": "it refused the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment)",
+    "nocreds": "no S3 credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+    "nobucket": "the bucket does not exist",
+    "missing": "the bucket does not exist",
+    "server": "the S3 server answered HTTP 5xx after botocore's retries; its log says why",
+}
 
 
 def bentoml_home() -> Path:

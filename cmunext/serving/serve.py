@@ -36,6 +36,22 @@ def find_bento(model_version: str | int | None = None, model_name: str | None = 
     return str(_by_newest(matching)[0].tag)
 
 
+def bento_for_version(model_version: str | int, model_name: str) -> str:
+    """The bento of MODEL_NAME's version: from the local store, else fetched from the bento store the version
+    records (bento_uri, checked against bento_sha256), so a machine with an empty state folder serves it."""
+    from . import store
+    from ..tracking import registry
+
+    try:
+        return find_bento(model_version, model_name)
+    except LookupError as missing:
+        tags = registry.version_tags(model_name, str(model_version))
+        if not tags.get("bento_uri"):
+            raise LookupError(f"{missing}; version {model_version} records no bento_uri either") from None
+        log.info("fetching version %s's bento from %s", model_version, tags["bento_uri"])
+        return store.fetch(tags["bento_uri"], tags["bento_sha256"], bentoml_home())
+
+
 def resolve(target: str | None = None) -> tuple[str, str]:
     """("bento", tag) or ("model", tag) for a bento tag, a BentoML model tag, or None (the newest bento)."""
     from bentoml.exceptions import BentoMLException

@@ -16,6 +16,7 @@ from mlflow.entities import Metric
 from ..config import RunConfig, config_to_dict, flatten
 from ..errors import CmunextError
 from ..paths import state_dir
+from ..storage_errors import classify
 from . import access
 
 EXPERIMENT = "cmunext"
@@ -42,13 +43,13 @@ def _explain(what: str, exc: Exception, artifacts: bool = False) -> str:
     if refused:
         return refused
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    kind, _ = classify(exc)
     if artifacts and _answers(uri):  # the server is up: what failed is the store it proxies artifacts to
         cause = ("the tracking server answers, but storing the artifact behind it failed: its artifact store "
                  "(S3 or similar) is down or refuses the server's credentials; the server's log names which")
-    elif "error responses" in text or "error code 5" in text:
+    elif kind == "server":
         cause = "the tracking server answered HTTP 5xx; its log says why"
-    elif any(s in text for s in ("Connection refused", "Failed to establish", "Max retries exceeded",
-                                 "Read timed out", "Connection aborted", "RemoteDisconnected")):
+    elif kind == "unreachable":
         cause = (f"the tracking server did not answer after {retries} retries with backoff "
                  "(MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR): is it running? "
                  "Training checkpoints are kept: run the step again to resume")

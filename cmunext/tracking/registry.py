@@ -3,8 +3,9 @@ version, `previous` the one before; every decision is tagged on its version, and
 champion history (promotions, rollbacks, rejections, each with who made it and why) is kept
 on the registered model.
 
-Alias moves happen under a lock and re-check the champion they were decided against
-(compare-and-set), so two overlapping promotions cannot both win on a stale view. On a server
+Alias moves and history writes happen under the model's promotion lease, held in the bento store that
+every machine shares (lease.py), and re-check the champion they were decided against (compare-and-set), so
+two overlapping promotions, from one machine or several, cannot both win on a stale view. On a server
 with authentication, the user's permission is checked before the first write, so a refused
 promotion or rollback changes nothing.
 """
@@ -15,11 +16,9 @@ import time
 from contextlib import contextmanager
 
 import mlflow
-from filelock import FileLock
 from mlflow.exceptions import MlflowException
 
 from ..errors import CmunextError
-from ..paths import state_path
 from . import access
 from .mlflow_runs import setup, tracking_uri
 
@@ -59,7 +58,8 @@ def _client() -> mlflow.MlflowClient:
 
 @contextmanager
 def _locked(model_name: str):
-    with FileLock(str(state_path("locks", f"registry-{model_name}.lock")), timeout=120):
+    from .lease import held
+    with held(model_name):
         yield
 
 
