@@ -430,6 +430,19 @@ def _resolve_version(args) -> tuple[str, str]:
         raise registry.RegistryError(str(exc)) from None
 
 
+def cmd_deploy(args) -> int:
+    from .containers.deploy import deploy
+    from .containers.engine import find_engine
+
+    version, bento_tag = _resolve_version(args)
+    result = deploy(find_engine(), bento_tag, _model_name(args), version, Path(args.out), push=args.push,
+                    apply=args.apply, k8s=Path(args.k8s))
+    print(f"{_model_name(args)} v{version}: image {result['image']}" + (" (built)" if result["built"] else "")
+          + (", pushed" if result["pushed"] else "") + f"; manifests {result['manifests']}"
+          + ("; applied" if result["applied"] else f" (apply: kubectl apply -f {result['manifests']})"))
+    return 0
+
+
 def cmd_images_build(args) -> int:
     from .containers.build import build_images
     from .containers.engine import find_engine
@@ -615,6 +628,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="base image (default: the pinned public one, else the Debian-built one)")
     p.add_argument("--verbose", "-v", action="store_true", help="show the whole build output")
     p.set_defaults(func=cmd_containerize)
+
+    p = sub.add_parser("deploy", help="make the Kubernetes Deployment serve the champion (after a promotion or rollback)")
+    p.add_argument("--model", default="champion", help="champion or an MLflow version number")
+    p.add_argument("--model-name", help="registered model (default: from --config or the default config)")
+    p.add_argument("--config", "-c")
+    p.add_argument("--out", default="build/deploy/cmunext.yaml", help="where the rendered manifests go")
+    p.add_argument("--k8s", default=str(Path(__file__).resolve().parents[1] / "infra" / "k8s"),
+                   help="the kustomize tree (its secrets' .env files made: docs/deploy.md)")
+    p.add_argument("--push", action="store_true", help="push the serving image to images.conf's registry")
+    p.add_argument("--apply", action="store_true", help="kubectl apply the rendered manifests")
+    p.set_defaults(func=cmd_deploy)
 
     img = sub.add_parser("images", help="the project's container images (names from images.conf)")
     isub = img.add_subparsers(dest="images_command", required=True)

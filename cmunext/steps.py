@@ -414,7 +414,8 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
     metrics = {k: v["value"] for k, v in evaluation["metrics"].items()}
     metrics["latency_p95_ms"] = evaluation["latency"]["p95_ms"]
     result = package_model(weights, model_name=name, model_version=str(version), run_id=run_id,
-                           data_revision=data_revision, metrics=metrics, exported=exported, export_to=str(archive))
+                           data_revision=data_revision, metrics=metrics, exported=exported, export_to=str(archive),
+                           threshold=cfg.eval.threshold)
     uri = store.archive_uri(store.root(cfg.registry.bento_store), name, version, result["bento_tag"])
     digest = store.put(archive, uri)
     registry.tag_version(name, str(version), {"bento_tag": result["bento_tag"], "bento_uri": uri,

@@ -186,6 +186,26 @@ def test_serving_image_is_torch_free_and_non_root(engine, serving_image):
     assert _in_image(engine, serving_image, "python", "-c", "import torch").returncode != 0
 
 
+def test_deploy_renders_the_champions_image(container_run, serving_image, tmp_path):
+    """`cmunext deploy`: the one command after a promotion or rollback; the Deployment gets the champion's image."""
+    import shutil
+
+    import yaml
+    k8s = tmp_path / "k8s"
+    shutil.copytree(ROOT / "infra" / "k8s", k8s, ignore=shutil.ignore_patterns("*.env"))
+    for example in k8s.rglob("*.env.example"):  # the secrets' files an operator makes (docs/deploy.md step 3)
+        shutil.copyfile(example, example.with_suffix(""))
+    out = tmp_path / "rendered.yaml"
+    proc = subprocess.run([CMUNEXT, "deploy", "--model-name", "cmunext-ci", "--out", str(out), "--k8s", str(k8s)],
+                          env=container_run["env"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "cmunext-serving")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == serving_image
+    assert "kubectl apply -f" in proc.stdout
+    assert (ROOT / "infra/k8s/components/images/images.conf").read_text().count("SERVING_TAG=CHANGE_ME") == 1
+
+
 def _test_image() -> tuple[str, bytes]:
     if BUSI.is_dir():
         path = sorted((BUSI / "images").glob("malignant_*.png"))[0]

@@ -37,11 +37,13 @@ CONTRACT = {
     ("Secret", "cmunext-postgres"): {"POSTGRES_USER", "POSTGRES_PASSWORD"},
     ("Secret", "cmunext-mlflow-admin"): {"MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
                                          "MLFLOW_FLASK_SERVER_SECRET_KEY"},
-    ("ConfigMap", "cmunext-endpoints"): {"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"},
+    ("ConfigMap", "cmunext-endpoints"): {"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL",
+                                         "CMUNEXT_BENTO_STORE"},
 }
 ENDPOINTS = {"MLFLOW_TRACKING_URI": "http://mlflow.cmunext.svc.cluster.local:5000",
              "MLFLOW_S3_ENDPOINT_URL": "http://minio.cmunext.svc.cluster.local:9000",
-             "AWS_ENDPOINT_URL": "http://minio.cmunext.svc.cluster.local:9000"}
+             "AWS_ENDPOINT_URL": "http://minio.cmunext.svc.cluster.local:9000",
+             "CMUNEXT_BENTO_STORE": "s3://mlflow/bentos"}
 
 
 # ---------------------------------------------------------------- loading

@@ -246,10 +246,33 @@ def test_a_machine_with_an_empty_state_folder_serves_the_champion(first_run, env
         info = requests.post(f"http://127.0.0.1:{port}/segment_json",
                              files={"image": ("x.png", buf.getvalue(), "image/png")}, timeout=60).json()
         assert info["model"]["mlflow_version"] == "1" and info["height"] == 70
+        assert info["threshold"] == 0.5  # ci-tiny's eval.threshold: the bento serves the threshold it was gated at
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     assert (empty / "bentoml" / "bentos" / "cmunext-service").is_dir()  # fetched into the empty state folder
+
+
+def test_the_logged_model_installs_from_public_indexes(first_run, env, tmp_path):
+    """The requirements MLflow logged with the champion resolve on PyPI alone (pip's dry run reads PEP 658
+    metadata, so nothing multi-GB is downloaded); this machine's local wheels and extra indexes are left out."""
+    import mlflow
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")})
+    reqs = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{MODEL}@champion"))
+    pins = [line for line in reqs.read_text().splitlines() if line and not line.startswith("#")]
+    assert any(p.startswith("torch==") for p in pins) and not [p for p in pins if "+" in p]
+    pip_env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_EXTRA_INDEX_URL": "",
+               "PIP_CONSTRAINT": "", "PIP_CERT": os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt"}
+    proc = subprocess.run([str(VENV_BIN / "python"), "-m", "pip", "install", "--dry-run", "--no-deps",
+                           "--ignore-installed", "--index-url", "https://pypi.org/simple", "--quiet", "--report",
+                           str(tmp_path / "report.json"), "-r", str(reqs)], env=pip_env, capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode != 0 and "NewConnectionError" in proc.stderr + proc.stdout:
+        pytest.skip("PyPI is not reachable from this machine")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    resolved = {i["metadata"]["name"].lower() for i in json.loads((tmp_path / "report.json").read_text())["install"]}
+    assert {p.split("==")[0].lower() for p in pins} <= resolved
 
 
 def test_if_changed_ends_quickly_when_nothing_changed(first_run, env, tmp_path):

@@ -174,12 +174,13 @@ def export_archive(bento_tag: str, export_to: str | None = None) -> str:
 
 def package_model(weights: str | Path, *, model_name: str, model_version: str | int, run_id: str,
                   data_revision: str, metrics: dict, export_to: str | None = None, tolerance: float = 1e-4,
-                  runs: int = 30, exported: str | Path | None = None) -> dict:
+                  runs: int = 30, exported: str | Path | None = None, threshold: float = 0.5) -> dict:
     """Export WEIGHTS, store the artifact as a BentoML model, build a bento and export it as a .bento archive
     (to <state>/bentos/, or to EXPORT_TO: a folder, a file path or an s3:// URL).
 
     EXPORTED, an artifact folder that export_serving_artifact already wrote for these same weights (the
-    evaluate step's, whose latency the gate judged), is packaged as it is instead of exporting again.
+    evaluate step's, whose latency the gate judged), is packaged as it is instead of exporting again. THRESHOLD
+    (the evaluation's) is the one the service turns probabilities into masks with.
 
     Returns {"bento_tag", "model_tag", "archive", "format", "sha256", ...}.
     """
@@ -221,7 +222,7 @@ def package_model(weights: str | Path, *, model_name: str, model_version: str | 
             "include": [f"/{BUNDLE}/**/*.py"],
             "exclude": ["__pycache__/", "*.pyc"],
             "python": {"packages": serving_requirements(), "lock_packages": False},
-            "args": {"model": model_tag, "sha256": info["sha256"]},
+            "args": {"model": model_tag, "sha256": info["sha256"], "threshold": threshold},
         }, home)
     log.info("package: bento %s", bento_tag)
 

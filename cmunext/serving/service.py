@@ -55,8 +55,10 @@ MAX_PIXELS = int(os.environ.get("CMUNEXT_MAX_PIXELS", "25000000"))
 CPU_THREADS = int(os.environ.get("CMUNEXT_CPU_THREADS", "4"))
 API_PATHS = ("/segment", "/segment_json", "/overlay")
 
-_ARGS = bentoml.use_arguments()  # a bento records {model, sha256} at build time
+_ARGS = bentoml.use_arguments()  # a bento records {model, sha256, threshold} at build time
 MODEL_TAG = os.environ.get(MODEL_ENV) or getattr(_ARGS, "model", None) or f"{MODEL_NAME}:latest"
+# the threshold the gate's evaluation used (eval.threshold), so the served masks are the evaluated ones
+SERVED_THRESHOLD = float(getattr(_ARGS, "threshold", None) or THRESHOLD)
 # the bento's own record of the artifact counts only for the model it was built with
 _BENTO_SHA = getattr(_ARGS, "sha256", None) if MODEL_TAG == getattr(_ARGS, "model", None) else None
 
@@ -174,7 +176,7 @@ class Segmenter:
 
         def finish():
             prob = resize_back(small, image.shape[0], image.shape[1])
-            return render(image, prob, (prob > THRESHOLD).astype(np.uint8))
+            return render(image, prob, (prob > SERVED_THRESHOLD).astype(np.uint8))
 
         result = await self._work(finish)
         timing = {"total": (time.perf_counter() - t0) * 1000, "decode": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}
@@ -194,7 +196,7 @@ class Segmenter:
         if isinstance(out, Response):
             return out
         summary, timing = out
-        return {**summary, "threshold": THRESHOLD, "model": self.card, "latency_ms": timing}
+        return {**summary, "threshold": SERVED_THRESHOLD, "model": self.card, "latency_ms": timing}
 
     @bentoml.api(route="/overlay")
     async def overlay(self, image: Path) -> PILImage.Image:

@@ -176,9 +176,12 @@ def log_model(run_id: str, weights: str | Path, image_size: int, in_channels: in
 
 
 def _requirements() -> list[str]:
+    """Exact pins of what the logged model imports, as public indexes name them: without a local version label
+    (torch's `+cpu` exists only on PyTorch's own index), so `pip install -r` works on any machine with PyPI."""
     from importlib.metadata import version
-    return [f"{p}=={version(p)}" for p in ("torch", "numpy", "safetensors", "scipy", "pillow", "opencv-python-headless",
-                                           "albumentations", "pydantic", "pyyaml", "tqdm")]
+    return [f"{p}=={version(p).split('+')[0]}" for p in ("torch", "numpy", "safetensors", "scipy", "pillow",
+                                                         "opencv-python-headless", "albumentations", "pydantic",
+                                                         "pyyaml", "tqdm")]
 
 
 def log_pictures(run_id: str, files: dict[str, str | Path]) -> None:
