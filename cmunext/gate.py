@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .config import GateConfig
+from .contracts import Evaluation, GateCheck, GateDecision
 
 
 def _check(name: str, passed: bool, value: float, threshold: float, comparison: str, unit: str = "") -> dict:
@@ -34,20 +35,19 @@ def _breakdown_checks(b: dict, gate: GateConfig) -> list[dict]:
     return checks
 
 
-def decide(evaluation: dict, gate: GateConfig) -> dict:
-    """`evaluation` holds `metrics.iou.value`, `latency.p95_ms` and, when a champion exists,
-    `champion.comparison.iou_diff.ci95_low` and `champion.latency.p95_ms`."""
-    iou = evaluation["metrics"]["iou"]["value"]
-    p95 = evaluation["latency"]["p95_ms"]
+def decide(evaluation: Evaluation | dict, gate: GateConfig) -> GateDecision:
+    """From the test IoU, the p95 latency, the breakdown and, when a champion exists, the comparison with it."""
+    ev = Evaluation.model_validate(evaluation)
+    iou, p95 = ev.iou, ev.latency.p95_ms
     checks = [
         _check("test IoU", iou >= gate.min_iou, iou, gate.min_iou, ">="),
         _check("p95 latency", p95 <= gate.max_latency_ms, p95, gate.max_latency_ms, "<=", " ms"),
     ]
-    checks += _breakdown_checks(evaluation.get("breakdown") or {}, gate)
-    champ = evaluation.get("champion")
+    checks += _breakdown_checks(ev.breakdown or {}, gate)
+    champ = ev.champion
     if champ and gate.noninferior_class:
         name = gate.noninferior_class
-        diff = ((champ.get("classes") or {}).get(name) or {}).get("iou_diff")
+        diff = (champ.classes.get(name) or {}).get("iou_diff")
         if diff is None:
             checks.append(_missing(f"IoU difference vs champion on class {name!r} (95% CI lower bound)",
                                    f"no test image of class {name!r} (classes come from mapping.csv)"))
@@ -56,33 +56,36 @@ def decide(evaluation: dict, gate: GateConfig) -> dict:
                                  diff["ci95_low"] >= -gate.class_iou_tolerance, diff["ci95_low"],
                                  -gate.class_iou_tolerance, ">="))
     if champ:
-        low = champ["comparison"]["iou_diff"]["ci95_low"]
+        low = champ.iou_diff.ci95_low
         checks.append(_check("IoU difference vs champion (95% CI lower bound)", low >= -gate.iou_tolerance,
                              low, -gate.iou_tolerance, ">="))
-        ratio = p95 / max(champ["latency"]["p95_ms"], 1e-9)
+        ratio = p95 / max(champ.latency.p95_ms, 1e-9)
         checks.append(_check("p95 latency ratio vs champion", ratio <= gate.max_latency_ratio,
                              ratio, gate.max_latency_ratio, "<=", "x"))
     passed = all(c["passed"] for c in checks)
-    return {"decision": "promote" if passed else "reject", "passed": passed, "checks": checks,
-            "champion_version": champ["version"] if champ else None,
-            "reasons": [c["message"] for c in checks if not c["passed"]] or ["all gates passed"]}
+    return GateDecision(decision="promote" if passed else "reject", passed=passed,
+                        checks=[GateCheck(**c) for c in checks], champion_version=str(champ.version) if champ else None,
+                        reasons=[c["message"] for c in checks if not c["passed"]] or ["all gates passed"])
 
 
-def report_markdown(decision: dict, evaluation: dict) -> str:
-    m = evaluation["metrics"]
-    lines = [f"# Gate decision: **{'PROMOTED' if decision['passed'] else 'REJECTED'}**", "",
+def report_markdown(decision: GateDecision | dict, evaluation: Evaluation | dict) -> str:
+    decision = GateDecision.model_validate(decision)
+    ev = Evaluation.model_validate(evaluation)
+    evaluation = ev.to_dict()
+    m = ev.metrics
+    lines = [f"# Gate decision: **{'PROMOTED' if decision.decision == 'promote' else 'REJECTED'}**", "",
              "| check | value | threshold | margin | result |", "|---|---|---|---|---|"]
-    for c in decision["checks"]:
-        lines.append(f"| {c['name']} | {c['value']:.4g} | {c['threshold']:.4g} | {c['margin']:+.4g} | "
-                     f"{'pass' if c['passed'] else '**fail**'} |")
-    lines += ["", f"Test images: {evaluation['images']}; mean IoU {m['iou']['value']:.4f} "
-              f"[{m['iou']['ci95_low']:.4f}, {m['iou']['ci95_high']:.4f}], Dice {m['dice']['value']:.4f}, "
-              f"pooled IoU {m['pooled_iou']['value']:.4f}; p50/p95 latency {evaluation['latency']['p50_ms']:.1f}/"
-              f"{evaluation['latency']['p95_ms']:.1f} ms ({evaluation['latency'].get('artifact', 'eager')})."]
-    if decision["champion_version"]:
+    for c in decision.checks:
+        lines.append(f"| {c.name} | {c.value:.4g} | {c.threshold:.4g} | {c.margin:+.4g} | "
+                     f"{'pass' if c.passed else '**fail**'} |")
+    lines += ["", f"Test images: {ev.images}; mean IoU {m['iou'].value:.4f} "
+              f"[{m['iou'].ci95_low:.4f}, {m['iou'].ci95_high:.4f}], Dice {m['dice'].value:.4f}, "
+              f"pooled IoU {m['pooled_iou'].value:.4f}; p50/p95 latency {ev.latency.p50_ms:.1f}/"
+              f"{ev.latency.p95_ms:.1f} ms ({ev.latency.artifact or 'eager'})."]
+    if decision.champion_version:
         champ = evaluation.get("champion") or {}
         excluded = champ.get("excluded_trained_on") or []
-        lines.append(f"Compared against champion version {decision['champion_version']}"
+        lines.append(f"Compared against champion version {decision.champion_version}"
                      + (f" on {champ['comparison']['images']} test images" if "images" in champ.get("comparison", {}) else "")
                      + (f", leaving out {len(excluded)} it was trained on" if excluded else "")
                      + (" (its training split was not logged: not checked)"
@@ -103,5 +106,5 @@ def report_markdown(decision: dict, evaluation: dict) -> str:
         if b["lesion"]["images"]:
             lines.append(f"Detection of any lesion: sensitivity {b['detection']['sensitivity']['value']:.1%}"
                          + (f", specificity {b['detection']['specificity']['value']:.1%}." if b["normal"]["images"] else "."))
-    lines += ["", "Reasons:"] + [f"- {r}" for r in decision["reasons"]]
+    lines += ["", "Reasons:"] + [f"- {r}" for r in decision.reasons]
     return "\n".join(lines) + "\n"

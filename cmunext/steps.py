@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from .config import RunConfig
+from .contracts import Evaluation, GateDecision, InfraValidation, PackageResult
 from .errors import CmunextError
 
 log = logging.getLogger(__name__)
@@ -331,33 +332,33 @@ def _breakdown_metrics(b: dict) -> dict[str, float]:
 
 # ---- gate and promote -----------------------------------------------------------------------
 
-def gate(cfg: RunConfig, evaluation: dict, run_id: str | None = None) -> dict:
+def gate(cfg: RunConfig, evaluation: Evaluation | dict, run_id: str | None = None) -> GateDecision:
     from .gate import decide
     from .serving import store
     store.use(cfg.registry.bento_store)
     decision = decide(evaluation, cfg.gate)
     if run_id:
         from .tracking import access, mlflow_runs, registry
-        mlflow_runs.set_tags(run_id, {"gate_decision": decision["decision"], "gate_reasons": decision["reasons"],
+        mlflow_runs.set_tags(run_id, {"gate_decision": decision.decision, "gate_reasons": decision.reasons,
                                       "gate_decided_by": access.actor()})
-        if decision["decision"] == "reject":  # a promotion is recorded by the promote step, with its version
-            registry.record_rejection(cfg.registry.model_name, run_id, decision["reasons"])
+        if decision.decision == "reject":  # a promotion is recorded by the promote step, with its version
+            registry.record_rejection(cfg.registry.model_name, run_id, decision.reasons)
     return decision
 
 
-def register(cfg: RunConfig, decision: dict, evaluation: dict, run_id: str, model_uri: str,
-             data_revision: str) -> str:
+def register(cfg: RunConfig, decision: GateDecision | dict, evaluation: Evaluation | dict, run_id: str,
+             model_uri: str, data_revision: str) -> str:
     """The MLflow version of a gated training run, registered once (a re-run finds it): the version the bento
     is built for. Registering moves no alias."""
     from .tracking import registry
 
-    if decision["decision"] != "promote":
+    decision, ev = GateDecision.model_validate(decision), Evaluation.model_validate(evaluation)
+    if decision.decision != "promote":
         raise StepFailed("package called for a rejected model")
     name = cfg.registry.model_name
-    m = evaluation["metrics"]
     tags = {"run_id": run_id, "data_revision": data_revision, "gate_decision": "promote",
-            "gate_reasons": json.dumps(decision["reasons"]), "test_iou": f"{m['iou']['value']:.4f}",
-            "test_dice": f"{m['dice']['value']:.4f}", "latency_p95_ms": f"{evaluation['latency']['p95_ms']:.2f}",
+            "gate_reasons": json.dumps(decision.reasons), "test_iou": f"{ev.iou:.4f}",
+            "test_dice": f"{ev.metrics['dice'].value:.4f}", "latency_p95_ms": f"{ev.latency.p95_ms:.2f}",
             "variant": cfg.model.variant, "image_size": str(cfg.data.image_size)}
     existing = registry.version_for_run(name, run_id)
     if existing is not None:
@@ -366,13 +367,15 @@ def register(cfg: RunConfig, decision: dict, evaluation: dict, run_id: str, mode
     return registry.register(model_uri, name, tags)
 
 
-def promote(cfg: RunConfig, decision: dict, version: str, run_id: str, validation: dict) -> dict:
+def promote(cfg: RunConfig, decision: GateDecision | dict, version: str, run_id: str,
+            validation: InfraValidation | dict) -> dict:
     """Move `champion` to VERSION, against the champion the gate saw, once its bento served correctly."""
     from .serving import store
     from .tracking import mlflow_runs, registry
 
+    decision, validation = GateDecision.model_validate(decision), InfraValidation.model_validate(validation)
     store.use(cfg.registry.bento_store)
-    if decision["decision"] != "promote" or not validation.get("passed"):
+    if decision.decision != "promote" or not validation.passed:
         raise StepFailed("promote called for a model that was not gated and validated")
     name = cfg.registry.model_name
     champ = registry.champion(name)
@@ -380,8 +383,8 @@ def promote(cfg: RunConfig, decision: dict, version: str, run_id: str, validatio
         return {"model": name, "version": version, "event": "already_registered", "reason": "same training run"}
     try:
         entry = registry.promote(name, version, reason="gate passed: " + "; ".join(
-            c["message"] for c in decision["checks"]) + f"; served by its bento: {validation['summary']}",
-            expected_champion=decision["champion_version"])
+            c.message for c in decision.checks) + f"; served by its bento: {validation.summary}",
+            expected_champion=decision.champion_version)
     except registry.StaleChampion as exc:
         registry.tag_version(name, version, {"gate_decision": "stale", "stale_reason": str(exc)})
         raise StepFailed(f"not promoted: {exc}; re-run the pipeline to decide against the new champion") from None
@@ -392,7 +395,7 @@ def promote(cfg: RunConfig, decision: dict, version: str, run_id: str, validatio
 # ---- package --------------------------------------------------------------------------------
 
 def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data_revision: str,
-            evaluation: dict, out_dir: str | Path, exported: str | Path) -> dict:
+            evaluation: Evaluation | dict, out_dir: str | Path, exported: str | Path) -> PackageResult:
     """Bento for a registered version, from EXPORTED: the serving artifact the evaluate step measured (its
     declared output), shipped as it is, so the gate's latency is the served one's. The .bento archive goes to
     OUT_DIR (the step's output artifact) and to the bento store (registry.bento_store), whose URI and sha256
@@ -402,6 +405,7 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
     from .serving.package import package_model
     from .tracking import registry
 
+    ev = Evaluation.model_validate(evaluation)
     store.use(cfg.registry.bento_store)
     name = cfg.registry.model_name
     out_dir = Path(out_dir)
@@ -409,26 +413,28 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
     archive = out_dir / "bento.bento"
     tags = registry.version_tags(name, str(version))
     if tags.get("bento_uri") and archive.exists() and sha256_file(archive) == tags.get("bento_sha256"):
-        return {"bento_tag": tags["bento_tag"], "archive": str(archive), "bento_uri": tags["bento_uri"],
-                "reused": "true"}  # a re-run: built and stored already
-    metrics = {k: v["value"] for k, v in evaluation["metrics"].items()}
-    metrics["latency_p95_ms"] = evaluation["latency"]["p95_ms"]
-    result = package_model(weights, model_name=name, model_version=str(version), run_id=run_id,
-                           data_revision=data_revision, metrics=metrics, exported=exported, export_to=str(archive),
-                           threshold=cfg.eval.threshold)
-    uri = store.archive_uri(store.root(cfg.registry.bento_store), name, version, result["bento_tag"])
+        previous = json.loads((out_dir / "bento.json").read_text()) if (out_dir / "bento.json").exists() else {}
+        return PackageResult.model_validate({**previous, "bento_tag": tags["bento_tag"], "archive": str(archive),
+                                             "bento_uri": tags["bento_uri"], "bento_sha256": tags["bento_sha256"],
+                                             "reused": True})  # a re-run: built and stored already
+    metrics = {k: v.value for k, v in ev.metrics.items()}
+    metrics["latency_p95_ms"] = ev.latency.p95_ms
+    built = package_model(weights, model_name=name, model_version=str(version), run_id=run_id,
+                          data_revision=data_revision, metrics=metrics, exported=exported, export_to=str(archive),
+                          threshold=cfg.eval.threshold)
+    uri = store.archive_uri(store.root(cfg.registry.bento_store), name, version, built["bento_tag"])
     digest = store.put(archive, uri)
-    registry.tag_version(name, str(version), {"bento_tag": result["bento_tag"], "bento_uri": uri,
+    registry.tag_version(name, str(version), {"bento_tag": built["bento_tag"], "bento_uri": uri,
                                               "bento_sha256": digest, "bento_archive": str(archive)})
-    result.update(bento_uri=uri, bento_sha256=digest)
-    (out_dir / "bento.json").write_text(json.dumps(result, indent=1, default=str))
-    return {k: str(v) for k, v in result.items()}
+    result = PackageResult.model_validate({**built, "archive": str(archive), "bento_uri": uri, "bento_sha256": digest})
+    (out_dir / "bento.json").write_text(result.model_dump_json(indent=1))
+    return result
 
 
 # ---- infra-validate -------------------------------------------------------------------------
 
 def infra_validate(cfg: RunConfig, version: str, run_id: str, archive: str | Path, artifact: str | Path,
-                   data_dir: str | Path, evaluation: dict, out_dir: str | Path) -> dict:
+                   data_dir: str | Path, evaluation: Evaluation | dict, out_dir: str | Path) -> InfraValidation:
     """Boot the bento as deployed and check it before `champion` can move (cmunext/infra_validation.py). A
     failure is a rejection, recorded with its reasons on the run, the version and the registry's history."""
     from .infra_validation import validate_bento
@@ -436,18 +442,17 @@ def infra_validate(cfg: RunConfig, version: str, run_id: str, archive: str | Pat
     from .tracking import mlflow_runs, registry
 
     store.use(cfg.registry.bento_store)
-    stems = [r["stem"] for r in evaluation["per_image"]]
-    result = validate_bento(archive, artifact, data_dir, stems, cfg.gate.max_latency_ms, out_dir,
-                            cfg.eval.threshold)
+    stems = [r["stem"] for r in Evaluation.model_validate(evaluation).per_image]
+    result = InfraValidation.model_validate(validate_bento(archive, artifact, data_dir, stems, cfg.gate.max_latency_ms,
+                                                           out_dir, cfg.eval.threshold))
     name = cfg.registry.model_name
-    registry.tag_version(name, str(version), {"infra_validation": "passed" if result["passed"] else "failed",
-                                              "infra_validation_reasons": json.dumps(result["reasons"])})
-    mlflow_runs.log_json(run_id, result, "infra_validation/result.json")
-    if not result["passed"]:
-        reasons = [f"infra-validation: {r}" for r in result["reasons"]]
+    registry.tag_version(name, str(version), {"infra_validation": "passed" if result.passed else "failed",
+                                              "infra_validation_reasons": json.dumps(result.reasons)})
+    mlflow_runs.log_json(run_id, result.to_dict(), "infra_validation/result.json")
+    if not result.passed:
+        reasons = [f"infra-validation: {r}" for r in result.reasons]
         mlflow_runs.set_tags(run_id, {"gate_decision": "reject", "gate_reasons": reasons})
         registry.record_rejection(name, run_id, reasons)
         raise StepFailed(f"version {version} was not promoted: its bento failed infra-validation: "
-                         + "; ".join(result["reasons"]))
+                         + "; ".join(result.reasons))
     return result
-

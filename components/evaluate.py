@@ -14,6 +14,7 @@ def evaluate_model(config_json: str, run_id: str, champion_version: str, model: 
     import os
 
     from cmunext.config import RunConfig
+    from cmunext.contracts import Evaluation
     from cmunext.kfp_artifacts import embed_png_html, write_metrics
     from cmunext.steps import evaluate
 
@@ -23,6 +24,7 @@ def evaluate_model(config_json: str, run_id: str, champion_version: str, model: 
                       workdir, run_id, artifact_dir=serving_artifact.path)
     serving_artifact.metadata.update({"format": result["latency"].get("artifact", ""),
                                       "p95_ms": result["latency"]["p95_ms"]})
+    Evaluation.model_validate(result)  # the contract the gate, package and infra-validate read
     with open(evaluation.path, "w") as f:
         json.dump(result, f)
     values = {f"test_{name}": est["value"] for name, est in result["metrics"].items()}

@@ -10,23 +10,23 @@ def infra_validate_model(config_json: str, version: str, run_id: str, bento: Inp
                          validation: Output[Artifact], report: Output[Markdown]):
     """Boot the bento from its archive and check canary masks and HTTP latency before promotion; a failure is
     a recorded rejection and the champion stays."""
-    import json
     import os
 
     from cmunext.config import RunConfig
+    from cmunext.contracts import Evaluation
     from cmunext.steps import StepFailed, infra_validate
 
     cfg = RunConfig.model_validate_json(config_json)
     workdir = os.path.join(os.path.dirname(validation.path), "work")
     try:
         result = infra_validate(cfg, version, run_id, os.path.join(bento.path, "bento.bento"), serving_artifact.path,
-                                dataset.path, json.load(open(evaluation.path)), workdir)
+                                dataset.path, Evaluation.model_validate_json(open(evaluation.path).read()), workdir)
     except StepFailed as exc:
         with open(report.path, "w") as f:
             f.write(f"# Infra-validation FAILED\n\n{exc}\n")
         raise
     with open(validation.path, "w") as f:
-        json.dump(result, f)
-    validation.metadata.update({"passed": result["passed"], "summary": result["summary"]})
+        f.write(result.model_dump_json())
+    validation.metadata.update({"passed": result.passed, "summary": result.summary})
     with open(report.path, "w") as f:
-        f.write(f"# Infra-validation passed\n\nversion {version}: {result['summary']}\n")
+        f.write(f"# Infra-validation passed\n\nversion {version}: {result.summary}\n")

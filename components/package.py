@@ -12,17 +12,19 @@ def package_model(config_json: str, run_id: str, model_uri: str, data_revision: 
                   bento: Output[Artifact]) -> NamedTuple("PackageOutputs", [("version", str), ("bento_tag", str)]):
     """Register the gated run as an MLflow version (no alias moves) and build its bento from the serving
     artifact the evaluate step timed; the .bento archive is this step's output."""
-    import json
     import os
     from collections import namedtuple
 
     from cmunext.config import RunConfig
+    from cmunext.contracts import Evaluation, GateDecision
     from cmunext.steps import package, register
 
     cfg = RunConfig.model_validate_json(config_json)
-    ev = json.load(open(evaluation.path))
-    version = register(cfg, json.load(open(decision.path)), ev, run_id, model_uri, data_revision)
+    ev = Evaluation.model_validate_json(open(evaluation.path).read())
+    gated = GateDecision.model_validate_json(open(decision.path).read())
+    version = register(cfg, gated, ev, run_id, model_uri, data_revision)
     result = package(cfg, os.path.join(model.path, "model.safetensors"), version, run_id, data_revision, ev,
                      bento.path, serving_artifact.path)
-    bento.metadata.update({**result, "version": version})
-    return namedtuple("PackageOutputs", ["version", "bento_tag"])(version, result["bento_tag"])
+    bento.metadata.update({"version": version, "bento_tag": result.bento_tag, "bento_uri": result.bento_uri,
+                           "bento_sha256": result.bento_sha256, "artifact_sha256": result.sha256})
+    return namedtuple("PackageOutputs", ["version", "bento_tag"])(version, result.bento_tag)

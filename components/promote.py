@@ -9,11 +9,11 @@ def promote_model(config_json: str, run_id: str, version: str, champion_version:
                   validation: Input[Artifact]) -> str:
     """Move the `champion` alias to the validated version (compare-and-set against the gated champion).
     `champion_version` (the champion when the run started) is here to key the cache."""
-    import json
-
     from cmunext.config import RunConfig
+    from cmunext.contracts import GateDecision, InfraValidation
     from cmunext.steps import promote
 
-    result = promote(RunConfig.model_validate_json(config_json), json.load(open(decision.path)), version, run_id,
-                     json.load(open(validation.path)))
+    result = promote(RunConfig.model_validate_json(config_json),
+                     GateDecision.model_validate_json(open(decision.path).read()), version, run_id,
+                     InfraValidation.model_validate_json(open(validation.path).read()))
     return result["version"]

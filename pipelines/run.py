@@ -133,27 +133,29 @@ def _latest_run_dir(outputs: Path) -> Path | None:
 
 
 def _summary(cfg, data_md5, before, after, seconds, outputs: Path, store: str) -> dict:
+    from cmunext.contracts import Evaluation, GateDecision, InfraValidation
+
+    def read(pattern: str, contract):
+        found = next(run_dir.glob(pattern), None) if run_dir else None
+        return contract.model_validate_json(found.read_text()) if found else None
+
     run_dir = _latest_run_dir(outputs)
-    evaluation = decision = check = infra = None
-    if run_dir:
-        report = next(run_dir.glob("check-changes*/report"), None)
-        check = report.read_text().splitlines()[0].removeprefix("# Retrain check: ") if report else None
-        ev = next(run_dir.glob("evaluate-model*/evaluation"), None)
-        evaluation = json.loads(ev.read_text()) if ev else None
-        gate_json = next(run_dir.glob("gate-model*/decision"), None)
-        decision = json.loads(gate_json.read_text()) if gate_json else None
-        served = next(run_dir.glob("infra-validate-model*/validation"), None)
-        infra = json.loads(served.read_text()) if served else None
+    report = next(run_dir.glob("check-changes*/report"), None) if run_dir else None
+    check = report.read_text().splitlines()[0].removeprefix("# Retrain check: ") if report else None
+    evaluation = read("evaluate-model*/evaluation", Evaluation)
+    decision = read("gate-model*/decision", GateDecision)
+    infra = read("infra-validate-model*/validation", InfraValidation)
     promoted = bool(after) and (not before or after["version"] != before["version"])
     return {
         "config": cfg.name, "data_revision": cfg.data.revision, "data_md5": data_md5,
         "seconds": round(seconds, 1), "retrain_check": check, "promoted": promoted,
         "champion_before": before and before["version"], "champion_after": after and after["version"],
-        "metrics": evaluation and {k: v for k, v in evaluation["metrics"].items() if k in ("iou", "dice", "pooled_iou", "hd95")},
-        "latency": evaluation and evaluation["latency"], "gate": decision,
-        "infra_validation": infra and {k: infra.get(k) for k in ("passed", "summary", "latency_ms", "ready_s")},
-        "breakdown": evaluation and evaluation.get("breakdown"),
-        "cross_validation": evaluation and evaluation.get("cross_validation"),
+        "metrics": evaluation and {k: v.to_dict() for k, v in evaluation.metrics.items()
+                                   if k in ("iou", "dice", "pooled_iou", "hd95")},
+        "latency": evaluation and evaluation.latency.to_dict(), "gate": decision and decision.to_dict(),
+        "infra_validation": infra and infra.model_dump(include={"passed", "summary", "latency_ms", "ready_s"}),
+        "breakdown": evaluation and evaluation.breakdown,
+        "cross_validation": evaluation and evaluation.cross_validation,
         "mlflow_tracking_uri": store, "outputs": str(run_dir) if run_dir else None,
         "mlflow_ui": (f"open {store}" if store.startswith(("http://", "https://"))
                       else f"mlflow ui --backend-store-uri {store} --port 5000"),

@@ -1,5 +1,6 @@
 """The gate's decision function, branch by branch: each check failing alone, ties at the thresholds, and the
-optional checks on lesion images, normal images, detection and a named class (hand-made evaluations)."""
+optional checks on lesion images, normal images, detection and a named class (hand-made evaluations, validated
+into the typed contract the pipeline's steps hand over: cmunext/contracts.py)."""
 from __future__ import annotations
 
 import math
@@ -37,14 +38,14 @@ GATE = GateConfig(min_iou=0.5, max_latency_ms=200, iou_tolerance=0.02, max_laten
 
 
 def failed(decision) -> list[str]:
-    return [c["name"] for c in decision["checks"] if not c["passed"]]
+    return [c.name for c in decision.checks if not c.passed]
 
 
 def test_everything_passes_and_ties_pass():
-    assert decide(evaluation(), GATE)["decision"] == "promote"
+    assert decide(evaluation(), GATE).decision == "promote"
     tie = decide(evaluation(iou=0.5, p95=200.0, champion=champion(diff_low=-0.02, p95=200 / 1.5)), GATE)
-    assert tie["decision"] == "promote", tie["reasons"]  # >= and <= hold at equality
-    assert tie["reasons"] == ["all gates passed"]
+    assert tie.decision == "promote", tie.reasons  # >= and <= hold at equality
+    assert tie.reasons == ["all gates passed"]
 
 
 @pytest.mark.parametrize("ev,name", [
@@ -55,15 +56,15 @@ def test_everything_passes_and_ties_pass():
 ])
 def test_each_check_fails_alone(ev, name):
     d = decide(ev, GATE)
-    assert d["decision"] == "reject" and failed(d) == [name]
-    assert any(name in r and "misses" in r for r in d["reasons"])
+    assert d.decision == "reject" and failed(d) == [name]
+    assert any(name in r and "misses" in r for r in d.reasons)
     assert "**fail**" in report_markdown(d, ev)
 
 
 def test_champion_checks_only_with_a_champion():
-    names = [c["name"] for c in decide(evaluation(), GATE)["checks"]]
+    names = [c.name for c in decide(evaluation(), GATE).checks]
     assert names == ["test IoU", "p95 latency"]
-    assert decide(evaluation(champion=champion()), GATE)["champion_version"] == "3"
+    assert decide(evaluation(champion=champion()), GATE).champion_version == "3"
 
 
 # ---- lesion images, normal images, detection, classes ----------------------------------------------------------
@@ -94,27 +95,27 @@ def test_breakdown_by_hand():
 def test_breakdown_checks(setting, value, passes):
     gate = GATE.model_copy(update={setting: value})
     d = decide(evaluation(rows=ROWS, classes=CLASSES), gate)
-    assert (d["decision"] == "promote") is passes, d["reasons"]
+    assert (d.decision == "promote") is passes, d.reasons
 
 
 def test_a_check_with_nothing_to_measure_fails_closed():
     gate = GATE.model_copy(update={"min_detection_specificity": 0.9})
     d = decide(evaluation(rows=ROWS[:2]), gate)
-    assert d["decision"] == "reject"
-    assert "no normal (empty-mask) image in the test split" in d["reasons"][0]
-    assert math.isnan(d["checks"][-1]["value"])
+    assert d.decision == "reject"
+    assert "no normal (empty-mask) image in the test split" in d.reasons[0]
+    assert math.isnan(d.checks[-1].value)
 
 
 def test_noninferiority_on_a_named_class():
     gate = GATE.model_copy(update={"noninferior_class": "malignant", "class_iou_tolerance": 0.05})
     ok = champion(classes={"malignant": {"iou_diff": est(-0.01, -0.05), "images": 9}})
-    assert decide(evaluation(champion=ok), gate)["decision"] == "promote"
+    assert decide(evaluation(champion=ok), gate).decision == "promote"
     worse = champion(classes={"malignant": {"iou_diff": est(-0.03, -0.0501), "images": 9}})
     d = decide(evaluation(champion=worse), gate)
     assert failed(d) == ["IoU difference vs champion on class 'malignant' (95% CI lower bound)"]
     absent = decide(evaluation(champion=champion()), gate)
-    assert absent["decision"] == "reject" and "no test image of class 'malignant'" in absent["reasons"][0]
-    assert decide(evaluation(), gate)["decision"] == "promote"  # no champion: nothing to be inferior to
+    assert absent.decision == "reject" and "no test image of class 'malignant'" in absent.reasons[0]
+    assert decide(evaluation(), gate).decision == "promote"  # no champion: nothing to be inferior to
 
 
 def test_report_shows_the_breakdown():
@@ -122,3 +123,12 @@ def test_report_shows_the_breakdown():
     text = report_markdown(decide(ev, GATE), ev)
     assert "| with a lesion | 2 | 0.6500" in text and "| class malignant | 1 | 0.5000" in text
     assert "predicted empty 50.0%" in text and "sensitivity 100.0%, specificity 50.0%" in text
+
+
+def test_a_malformed_evaluation_names_the_missing_field():
+    from pydantic import ValidationError
+    ev = evaluation()
+    del ev["latency"]["p95_ms"]
+    with pytest.raises(ValidationError, match=r"latency\.p95_ms"):
+        decide(ev, GATE)
+
