@@ -131,7 +131,7 @@ def test_pipeline_runs_every_step_in_its_container(container_run, built):
     assert "pip install" not in log
     # the tasks' MLflow runs went through the server, their artifacts to S3
     import mlflow
-    client = mlflow.MlflowClient(container_run["server"].url)
+    client = mlflow.MlflowClient(container_run["server"].url, registry_uri=container_run["server"].url)
     version = client.get_model_version("cmunext-ci", "1")
     assert client.get_run(version.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
     assert version.tags["bento_tag"].startswith("cmunext-service:")
@@ -158,7 +158,7 @@ def test_pods_share_nothing(built, s3_server, tmp_path):
         shipped = json.loads((run_dir / "package-model" / "bento" / "bento.json").read_text())
         assert shipped["sha256"] == timed
         import mlflow
-        tags = mlflow.MlflowClient(server.url).get_model_version("cmunext-ci", "1").tags
+        tags = mlflow.MlflowClient(server.url, registry_uri=server.url).get_model_version("cmunext-ci", "1").tags
         assert tags["bento_uri"].startswith("s3://isolated-store/bentos/cmunext-ci/v1/")
         assert tags["infra_validation"] == "passed"
         keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket="isolated-store")["Contents"]}
@@ -267,7 +267,7 @@ def test_served_from_its_container_like_in_process(engine, container_run, servin
 
 def _bento_tag(container_run) -> str:
     import mlflow
-    return mlflow.MlflowClient(container_run["server"].url).get_model_version("cmunext-ci", "1").tags["bento_tag"]
+    return mlflow.MlflowClient(container_run["server"].url, registry_uri=container_run["server"].url).get_model_version("cmunext-ci", "1").tags["bento_tag"]
 
 
 # ---- clear errors -----------------------------------------------------------------------------------------

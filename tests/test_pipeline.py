@@ -148,7 +148,7 @@ def test_a_bento_that_fails_at_start_is_rejected_before_promotion(env, tmp_path)
     assert rejection["event"] == "rejected" and rejection["reason"].startswith("infra-validation: ")
     assert "failed to start" in rejection["reason"]
     import mlflow
-    version = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version(model, "1")
+    version = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"]).get_model_version(model, "1")
     assert version.tags["infra_validation"] == "failed" and "bento_tag" in version.tags
 
 

@@ -91,7 +91,7 @@ def test_two_machines_race_and_exactly_one_champion_move(shared):
     assert "champion is now version" in refused[0] and "re-run the pipeline" in refused[0]
 
     import mlflow
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
     assert client.get_model_version_by_alias(MODEL, "champion").version == winners[0]
     loser = v2 if winners[0] == v1 else v1
     assert client.get_model_version(MODEL, loser).tags["gate_decision"] == "stale"  # its decision is recorded

@@ -257,7 +257,8 @@ def test_package_records_provenance(packaged):
 
     bento = bento_store.get(packaged["bento_tag"])
     assert bento.info.labels["mlflow_version"] == "3" and bento.info.labels["sha256"] == packaged["sha256"]
-    assert bento.info.args == {"model": packaged["model_tag"], "sha256": packaged["sha256"]}
+    # the served threshold is the evaluation's (eval.threshold; 0.5 by default)
+    assert bento.info.args == {"model": packaged["model_tag"], "sha256": packaged["sha256"], "threshold": 0.5}
     requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text()
     for package in ("onnxruntime==", "numpy==", "pillow==", "opencv-python-headless==", "bentoml=="):
         assert package in requirements
