@@ -41,10 +41,14 @@ containers:
 images: install containers
 	$(BIN)/cmunext images build
 
-# The test suite CI runs: unit tests, integration tests with real services, and the slow fault and load
-# tests (marked `slow`); BUSI tests skip if the dataset is absent. test-fast leaves the slow ones out.
+# The test suite CI runs: unit tests, integration tests with real services, and the slow fault, load and
+# container tests (marked `slow`); BUSI tests skip if the dataset is absent. test-fast leaves the slow ones out.
+# The images build in the background meanwhile (one build at a time: the container tests wait for it).
 test: install browser containers
-	$(BIN)/python -m pytest
+	@mkdir -p build; if command -v podman >/dev/null 2>&1; then \
+	  echo "building the images in the background (build/images-build.log); the container tests run last"; \
+	  $(BIN)/cmunext images build > build/images-build.log 2>&1 & fi; \
+	$(BIN)/python -m pytest; status=$$?; wait; exit $$status
 
 test-fast: install browser
 	$(BIN)/python -m pytest -m "not slow"

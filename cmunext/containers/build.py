@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .engine import ContainerError, Engine
@@ -103,8 +106,27 @@ def build_image(engine: Engine, dockerfile: Path, context: Path, tags: list[str]
     return time.monotonic() - started
 
 
+@contextmanager
+def _one_build_at_a_time() -> Iterator[None]:
+    """The engine's image store is the machine's: concurrent builds of the same tags wait for each other (`make
+    test` starts one in the background while the other tests run; the container tests then find it done)."""
+    import fcntl
+    with open(Path(tempfile.gettempdir()) / "cmunext-images.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def build_images(engine: Engine, only: list[str] | None = None, base: str | None = None,
                  extra_args: dict[str, str] | None = None, verbose: bool = False) -> list[dict]:
+    with _one_build_at_a_time():
+        return _build_images(engine, only, base, extra_args, verbose)
+
+
+def _build_images(engine: Engine, only: list[str] | None, base: str | None, extra_args: dict[str, str] | None,
+                  verbose: bool) -> list[dict]:
     names = image_names()
     chosen = choose_base(engine, base)
     args, volumes = host_build_options(engine)
