@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -169,87 +170,85 @@ def test_compiled_yaml_has_every_step_and_the_gate_condition(tmp_path):
         assert name in params
 
 
-def test_cmunext_serve_serves_the_champions_bento(first_run, env, tmp_path):
-    """`cmunext serve` resolves the champion through the registry to the bento this pipeline run built,
-    and a real `bentoml serve` answers a segmentation request with a mask at the input's size."""
-    import io
+@contextmanager
+def _serving(env, model: str):
+    """`cmunext serve` of MODEL's champion, ready; yields its URL and port. SIGTERM at the end, as `kill` and
+    Kubernetes send it: it goes on to the bentoml server."""
     import signal
-    import socket
     import time
 
     import requests
-    from PIL import Image
 
     from conftest import free_port, wait_for_port
 
     port = free_port()
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([str(VENV_BIN / "cmunext"), "serve", "--model-name", MODEL, "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([str(VENV_BIN / "cmunext"), "serve", "--model-name", model, "--port", str(port)],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for_port(port, proc, timeout=180)
         deadline = time.time() + 120
         while requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code != 200:
             assert time.time() < deadline, "service never became ready"
             time.sleep(0.5)
-        image = (np.random.default_rng(0).random((90, 130)) * 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="PNG")
-        r = requests.post(f"http://127.0.0.1:{port}/segment", files={"image": ("x.png", buf.getvalue(), "image/png")},
-                          timeout=60)
-        assert r.status_code == 200, r.text
-        assert Image.open(io.BytesIO(r.content)).size == (130, 90)
-        info = requests.post(f"http://127.0.0.1:{port}/segment_json",
-                             files={"image": ("x.png", buf.getvalue(), "image/png")}, timeout=60).json()
-        assert info["model"]["mlflow_version"] == "1"
+        yield f"http://127.0.0.1:{port}", port
     finally:
-        proc.send_signal(signal.SIGTERM)  # what `kill` and Kubernetes send: it goes on to the bentoml server
+        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(60)
+            proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
-    with socket.socket() as s:  # the server went with it: nothing holds the port
+            proc.communicate()
+
+
+def _png(height: int, width: int, seed: int) -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(seed).random((height, width)) * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _served(env, model: str) -> dict:
+    """What `cmunext serve` serves for MODEL's champion right now: /segment_json of a 40x50 image."""
+    import requests
+    with _serving(env, model) as (url, _):
+        return requests.post(f"{url}/segment_json", files={"image": ("x.png", _png(40, 50, 2), "image/png")},
+                             timeout=60).json()
+
+
+def test_cmunext_serve_serves_the_champions_bento(first_run, env):
+    """`cmunext serve` resolves the champion through the registry to the bento this pipeline run built,
+    and a real `bentoml serve` answers a segmentation request with a mask at the input's size."""
+    import io
+    import socket
+
+    import requests
+    from PIL import Image
+
+    with _serving(env, MODEL) as (url, port):
+        r = requests.post(f"{url}/segment", files={"image": ("x.png", _png(90, 130, 0), "image/png")}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert Image.open(io.BytesIO(r.content)).size == (130, 90)
+        info = requests.post(f"{url}/segment_json", files={"image": ("x.png", _png(90, 130, 0), "image/png")},
+                             timeout=60).json()
+        assert info["model"]["mlflow_version"] == "1"
+    with socket.socket() as s:  # the server went with `cmunext serve`: nothing holds the port
         assert s.connect_ex(("127.0.0.1", port)) != 0, "bentoml serve outlived `cmunext serve`"
+
 
 
 def test_a_machine_with_an_empty_state_folder_serves_the_champion(first_run, env, tmp_path):
     """The deployment follows the registry: `cmunext serve` on a machine that shares only MLflow and the bento
     store resolves @champion, fetches its archive (checked against the recorded sha256) and serves it."""
-    import signal
-    import time
-
-    import requests
-
-    from conftest import free_port, wait_for_port
-
     tags = registry(env)["champion"]["tags"]
     assert tags["bento_uri"].startswith("s3://cmunext-bentos/pipeline/cmunext-ci/v1/") and len(tags["bento_sha256"]) == 64
     empty = tmp_path / "another-machine"
-    port = free_port()
     fresh = {**env, "CMUNEXT_HOME": str(empty)}
     fresh.pop("BENTOML_HOME", None)
-    proc = subprocess.Popen([str(VENV_BIN / "cmunext"), "serve", "--model-name", MODEL, "--port", str(port)],
-                            env=fresh, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for_port(port, proc, timeout=180)
-        deadline = time.time() + 120
-        while requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code != 200:
-            assert time.time() < deadline, "service never became ready"
-            time.sleep(0.5)
-        image = (np.random.default_rng(1).random((70, 90)) * 255).astype(np.uint8)
-        import io
-
-        from PIL import Image
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="PNG")
-        info = requests.post(f"http://127.0.0.1:{port}/segment_json",
-                             files={"image": ("x.png", buf.getvalue(), "image/png")}, timeout=60).json()
-        assert info["model"]["mlflow_version"] == "1" and info["height"] == 70
-        assert info["threshold"] == 0.5  # ci-tiny's eval.threshold: the bento serves the threshold it was gated at
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+    info = _served(fresh, MODEL)
+    assert info["model"]["mlflow_version"] == "1" and info["height"] == 40
+    assert info["threshold"] == 0.5  # ci-tiny's eval.threshold: the bento serves the threshold it was gated at
     assert (empty / "bentoml" / "bentos" / "cmunext-service").is_dir()  # fetched into the empty state folder
 
 
@@ -391,3 +390,16 @@ def test_cross_validation_beside_the_test_figure(env, tmp_path):
         "parameterValues"]["run_id"]
     metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
     assert metrics["cv_iou"] == pytest.approx(cv["iou"]["value"]) and metrics["cv_folds"] == 2
+
+
+def test_promotion_and_rollback_change_what_is_served(env, tmp_path):
+    """Promote a second version, then roll back: after each, `cmunext serve` serves the champion of that moment."""
+    model = "cmunext-ci-rollback"
+    for seed in (1, 2):
+        proc, summary = run(env, tmp_path, f"registry.model_name={model}", f"train.seed={seed}")
+        assert proc.returncode == 0 and summary["promoted"], proc.stderr[-3000:]
+    assert _served(env, model)["model"]["mlflow_version"] == "2"
+    proc = cmunext(env, "registry", "rollback", "--model-name", model, "--reason", "test")
+    assert proc.returncode == 0, proc.stderr
+    assert _served(env, model)["model"]["mlflow_version"] == "1"
+
