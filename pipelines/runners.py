@@ -111,8 +111,11 @@ def kfp_runner(kind: str, state: Path, pipeline_root: Path, project_root: Path,
         stack.enter_context(reliable_exit_codes())
         old_umask = os.umask(0)  # folders kfp.local makes for the tasks must be writable by the image's user
         stack.callback(os.umask, old_umask)
-        if isolated:  # the pipeline root only (kfp's artifact hand-off), plus a folder bento store if that is one
-            shared = [pipeline_root] + ([Path(bento_store)] if not bento_store.startswith("s3://") else [])
+        # kfp mounts the pipeline root (its artifact hand-off) itself; isolated tasks get nothing else of this
+        # machine's but a folder bento store, if that is what the store is
+        _make_shared(pipeline_root)
+        if isolated:
+            shared = [Path(bento_store)] if not bento_store.startswith("s3://") else []
         else:
             shared = [state]
         mounts = []
