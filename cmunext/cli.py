@@ -355,22 +355,11 @@ def cmd_registry_rollback(args) -> int:
 def cmd_serve(args) -> int:
     """`champion` (default) and plain version numbers resolve through the MLflow registry to the
     bento the package step built for that version; anything else is a bento or BentoML model tag."""
-    from .serving.serve import bento_for_version, serve
+    from .serving.serve import serve
 
     target = args.model
     if target == "champion" or target.isdigit():
-        from .tracking import registry
-        name = _model_name(args)
-        version = target
-        if target == "champion":
-            champ = registry.champion(name)
-            if champ is None:
-                raise registry.RegistryError(f"{name} has no champion yet: run the pipeline (make demo) first")
-            version = champ["version"]
-        try:
-            target = bento_for_version(version, name)
-        except LookupError as exc:
-            raise registry.RegistryError(str(exc)) from None
+        _, target = _resolve_version(args)
     from .serving.guard import api_token
     token = api_token()  # a required but missing token stops here, with the reason
     if args.container:

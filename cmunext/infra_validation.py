@@ -35,13 +35,14 @@ def _free_port() -> int:
 def _boot(archive: Path, home: Path, port: int, log: Path, token: str) -> tuple[subprocess.Popen, str]:
     """Import ARCHIVE into HOME and start `bentoml serve` on it as the Deployment runs it (authentication
     required, with TOKEN); returns the process and the bento tag."""
+    from .serving.store import BentoStoreError, import_archive
+
+    try:
+        tag = import_archive(archive, home)
+    except BentoStoreError as exc:
+        raise RuntimeError(f"the bento archive does not import: {exc}") from None
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", "PYTHONUNBUFFERED": "1"}
     env.pop("CMUNEXT_BENTO_MODEL", None)
-    imported = subprocess.run([sys.executable, "-m", "bentoml", "import", str(archive)], env=env,
-                              capture_output=True, text=True, timeout=300)
-    if imported.returncode != 0:
-        raise RuntimeError(f"the bento archive does not import: {(imported.stderr or imported.stdout)[-500:]}")
-    tag = next(w for w in imported.stdout.replace('"', " ").split() if w.startswith("cmunext-service:"))
     with open(log, "wb") as out:
         # in the step's own process group: a killed run takes its canary server with it
         proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1",
@@ -115,7 +116,7 @@ def validate_bento(archive: str | Path, artifact: str | Path, data_dir: str | Pa
     with tempfile.TemporaryDirectory(prefix="cmunext-infra-validate-") as home:
         try:
             proc, tag = _boot(Path(archive), Path(home), port, log, token)
-        except (RuntimeError, subprocess.TimeoutExpired, StopIteration) as exc:
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
             result["reasons"].append(f"the bento archive could not be booted: {exc}")
             return result
         result["bento_tag"] = tag

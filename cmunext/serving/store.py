@@ -93,13 +93,19 @@ def fetch(uri: str, sha256: str, home: str | Path) -> str:
         if found != sha256:
             raise BentoStoreError(f"{uri} is not the archive the package step recorded (sha256 {found[:12]}…, "
                                   f"recorded {sha256[:12]}…): refusing to serve it")
-        env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
-        proc = subprocess.run([sys.executable, "-m", "bentoml", "import", str(local)], env=env,
-                              capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0 and "already exists" not in (proc.stdout + proc.stderr):
-            raise BentoStoreError(f"cannot import {uri}: {(proc.stderr or proc.stdout)[-500:]}")
-    words = (proc.stdout + proc.stderr).replace('"', " ").replace("'", " ").split()
-    tags = [w.rstrip(").,") for w in words if w.startswith("cmunext-service:")]
+        return import_archive(local, home, uri)
+
+
+def import_archive(archive: str | Path, home: str | Path, name: str | None = None) -> str:
+    """Import a .bento archive into the BentoML store at HOME (its model with it); returns the bento's tag."""
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    env.pop("CMUNEXT_BENTO_MODEL", None)
+    proc = subprocess.run([sys.executable, "-m", "bentoml", "import", str(archive)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0 and "already exists" not in output:
+        raise BentoStoreError(f"cannot import {name or archive}: {(proc.stderr or proc.stdout)[-500:]}")
+    tags = [w.rstrip(").,") for w in output.replace('"', " ").replace("'", " ").split() if w.startswith("cmunext-service:")]
     if not tags:
-        raise BentoStoreError(f"imported {uri} but bentoml named no bento: {proc.stdout[-300:]}")
+        raise BentoStoreError(f"imported {name or archive} but bentoml named no bento: {proc.stdout[-300:]}")
     return tags[0]
