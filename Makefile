@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+TORCH  ?= cpu
+STAMP  := $(VENV)/.installed-$(TORCH)
 export BENTOML_DO_NOT_TRACK := True
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
@@ -11,11 +12,23 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
 install: $(STAMP)
 
-# constraints.txt is the lock: the exact versions tested on these machines (CPU torch).
+# constraints.txt is the lock: the exact versions tested on these machines (CPU torch, the tested default).
+# `make install TORCH=cuda` installs the same torch version's CUDA build from PyTorch's index instead
+# (TORCH_INDEX; untested here: these machines have no GPU), and everything else from the same lock.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
+TORCH_VERSION := $(shell sed -n 's/^torch==\([0-9.]*\).*/\1/p' constraints.txt)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifeq ($(TORCH),cuda)
+	grep -v '^torch==' constraints.txt > $(VENV)/constraints-cuda.txt
+	$(BIN)/python -m pip uninstall -q -y torch
+	$(BIN)/python -m pip install --disable-pip-version-check -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_INDEX)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c $(VENV)/constraints-cuda.txt -e '.[test]'
+else
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
-	touch $(STAMP)
+endif
+	$(BIN)/python -c "import torch; print('torch', torch.__version__, 'CUDA' if torch.cuda.is_available() else 'CPU')"
+	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 # The whole pipeline on the demo config, on data/ or DATA=path. data/ is the synthetic set that
 # data.dvc versions: it is generated (deterministically, same md5) when absent.

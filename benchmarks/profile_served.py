@@ -19,7 +19,7 @@ import onnxruntime as ort
 from cmunext.serving.bench import random_weights
 from cmunext.serving.bench_inference import matmul_gflops
 from cmunext.serving.export import export_serving_artifact
-from cmunext.serving.runtime import session_options
+from cmunext_serving.runtime import session_options
 
 
 def conv_kind(weight_shape: list[int]) -> str:

@@ -3,7 +3,8 @@
 Quick (default, a few minutes on 2 CPU cores): inference for CMUNeXt-S and CMUNeXt at batch 1 and 8,
 training throughput for CMUNeXt-S, serving for CMUNeXt-S, data scale at 500 images.
 --full: every variant, the demo pipeline per step, data scale at 500 / 5,000 / 20,000 images (about
-an hour). Results go to benchmarks/out/ (JSON per benchmark, results.md); nothing is asserted.
+an hour). --busi WEIGHTS DATA SPLITS adds every serving form of a BUSI-trained model
+scored on its test split (benchmarks/precision_forms.py). Results go to benchmarks/out/ (JSON per benchmark, results.md); nothing is asserted.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 
 
-def runs(full: bool) -> list[tuple[str, list[str]]]:
+def runs(full: bool, busi: list[str] | None = None) -> list[tuple[str, list[str]]]:
     py, cli = [sys.executable], [sys.executable, "-m", "cmunext", "-q"]
     variants = ["cmunext_s", "cmunext", "cmunext_l"] if full else ["cmunext_s", "cmunext"]
     out = []
@@ -35,6 +36,9 @@ def runs(full: bool) -> list[tuple[str, list[str]]]:
                                   "--json", str(OUT / "serving.json")]))
     if full:
         out.append(("pipeline", py + [str(HERE / "pipeline_steps.py"), "--json", str(OUT / "pipeline.json")]))
+    if busi:
+        out.append(("precision_forms", py + [str(HERE / "precision_forms.py"), "--weights", busi[0], "--data", busi[1],
+                                             "--splits", busi[2], "--json", str(OUT / "precision_forms.json")]))
     sizes = ["500", "5000", "20000"] if full else ["500"]
     out.append(("scale", py + [str(HERE / "data_scale.py"), "--sizes", *sizes, "--json", str(OUT / "scale.json")]))
     return out
@@ -46,12 +50,15 @@ def _load(name: str):
 
 
 def machine() -> str:
-    from cmunext.serving.bench_inference import cpu_name
     import os
-    import torch
+
     import onnxruntime
+    import openvino
+    import torch
+
+    from cmunext.serving.bench_inference import cpu_name
     return (f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}")
+            f"onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__.split('-')[0]}")
 
 
 def render() -> str:
@@ -60,10 +67,21 @@ def render() -> str:
         for b in (1, 8):
             r = _load(f"inference_{v}_b{b}")
             if r:
+                forms = ", ".join(f"{f} {ms:.1f}" for f, ms in r.get("forms_ms", {}).items())
                 rows.append(f"| inference {v}, batch {b}, 256² | eager PyTorch {r['eager_ms']:.1f} ms | "
-                            f"{r['served_format']} {r['served_ms']:.1f} ms ({r['served_images_per_s']:.1f} img/s); "
+                            f"{r.get('runtime', 'onnxruntime')}/{r.get('precision', 'fp32')} {r['served_ms']:.1f} ms "
+                            f"({r['served_images_per_s']:.1f} img/s; every form, ms: {forms}); "
                             f"floor {r['floor_ms']:.1f} ms at {r['matmul_gflops']:.0f} GFLOP/s, max \\|Δp\\| "
                             f"{r['max_abs_diff']:.0e} | {r['speedup']:.2f}× eager, {r['served_vs_floor']:.2f}× floor |")
+    pf = _load("precision_forms")
+    if pf:
+        for form, row in pf["forms"].items():
+            what = (f"{row['ms_b1']:.1f} ms, test IoU {row['test_iou']:.4f} ({row['iou_drop_points']:+.2f} points "
+                    f"drop), {100 * row['mask_pixels_changed']:.2f}% of mask pixels changed"
+                    if row["available"] else "unavailable")
+            verdict = "shipped" if form == pf["chosen"] else row["reason"]
+            rows.append(f"| {pf['variant']} on BUSI ({pf['image_size']}², {pf['test_images']} test images), {form} | "
+                        f"ONNX Runtime fp32, test IoU {pf['fp32_test_iou']:.4f} | {what} | {verdict} |")
     t = _load("training")
     if t:
         for v, r in t["variants"].items():
@@ -76,7 +94,9 @@ def render() -> str:
     if s:
         for c, h in s["http"].items():
             base = s["in_process"]["pipeline_b1" if c == "c1" else "pipeline_b8"]
-            rows.append(f"| serving {s['model']} 256², HTTP concurrency {c[1:]} | in-process "
+            rows.append(f"| serving {s['model']} 256² ({s.get('served_form', 'onnxruntime/fp32')}, server on "
+                        f"{len(s.get('server_cpus', []))} core(s), client on {len(s.get('client_cpus', []))}), HTTP "
+                        f"concurrency {c[1:]} | in-process "
                         f"{base['images_per_s']:.1f} img/s | {h['rps']:.1f} req/s, p50 {h['p50_ms']:.0f} / p95 "
                         f"{h['p95_ms']:.0f} / p99 {h['p99_ms']:.0f} ms, {h['errors']} errors | "
                         f"{s['ratios'][f'http_{c}_vs_in_process']:.2f}× |")
@@ -102,10 +122,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--render-only", action="store_true", help="only re-render benchmarks/out/*.json")
+    ap.add_argument("--busi", nargs=3, metavar=("WEIGHTS", "DATA", "SPLITS"),
+                    help="a BUSI-trained model, its data folder and splits.json: every serving form on its test split")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     if not args.render_only:
-        for name, cmd in runs(args.full):
+        for name, cmd in runs(args.full, args.busi):
             t0 = time.perf_counter()
             print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

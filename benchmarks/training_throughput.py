@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import cmunext
-from cmunext.data.dataset import FolderDataset, ShardDataset, list_pairs
+from cmunext.data.dataset import FolderDataset, ShardDataset
+from cmunext.data.layout import list_pairs
 from cmunext.data.preprocess import preprocess
 from cmunext.data.split import make_split
 from cmunext.data.synth import write_synthetic_dataset

@@ -9,9 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+from cmunext_serving.guard import TokenMissing
+
 from .config import load_config
 from .errors import CmunextError
-from .serving.guard import TokenMissing
 
 log = logging.getLogger("cmunext")
 
@@ -127,13 +128,14 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    import tempfile
+
     from .config import RunConfig
     from .data.duplicates import read_classes
+    from .data.layout import list_pairs
     from .evaluation import breakdown, latency_ms, score_images, summarize
     from .predict import Predictor
-    from .data.dataset import list_pairs
     from .serving_artifact import serving_runner
-    import tempfile
 
     cfg = load_config(args.config, args.set) if args.config else RunConfig()
     if args.folds:
@@ -360,7 +362,7 @@ def cmd_serve(args) -> int:
     target = args.model
     if target == "champion" or target.isdigit():
         _, target = _resolve_version(args)
-    from .serving.guard import api_token
+    from cmunext_serving.guard import api_token
     token = api_token()  # a required but missing token stops here, with the reason
     if args.container:
         return _serve_container(args, target, token)

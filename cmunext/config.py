@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import CmunextError
 
+# the runtime/precision forms a served artifact can take (cmunext_serving/engines.py)
+ServingForm = Literal["onnxruntime/fp32", "openvino/fp32", "openvino/bf16", "openvino/int8"]
+SERVING_FORMS: tuple[ServingForm, ...] = ("onnxruntime/fp32", "openvino/fp32", "openvino/bf16", "openvino/int8")
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -99,12 +103,12 @@ class EvalConfig(_Section):
     latency_warmup: int = Field(5, ge=0)
     bootstrap: int = Field(1000, ge=100)
     gallery_size: int = Field(4, ge=0)
-    # Reduced precision: quantise the served artifact to int8 (calibrated on training images) and ship it
-    # only if its test IoU drops by <= int8_max_iou_drop and it is >= int8_min_speedup times as fast.
-    int8: bool = False
-    int8_max_iou_drop: float = Field(0.005, ge=0, le=1)
-    int8_min_speedup: float = Field(1.0, ge=0)
-    int8_calibration_images: int = Field(32, ge=1)
+    # The served form (cmunext/serving/precision.py): each of serving_forms is timed on this machine, the
+    # reduced precisions are scored on the test split as they run, and the fastest whose test IoU is at most
+    # max_precision_iou_drop below fp32's ships (int8 calibrated on calibration_images training images).
+    serving_forms: list[ServingForm] = Field(default_factory=lambda: list(SERVING_FORMS), min_length=1)
+    max_precision_iou_drop: float = Field(0.005, ge=0, le=1)
+    calibration_images: int = Field(32, ge=1)
     # K-fold grouped cross-validation on the images outside the test split (K extra trainings), reported
     # beside the held-out test figure; 0 = off (cmunext/cross_validation.py).
     cv_folds: int = Field(0, ge=0)

@@ -25,7 +25,8 @@ class Estimate(_Contract):
 class Latency(_Contract):
     p95_ms: float
     p50_ms: float | None = None
-    artifact: str = ""
+    artifact: str = ""         # runtime/precision:graph of the form measured
+    fp32_p95_ms: float | None = None  # the same model in ONNX Runtime fp32 (the champion ratio compares these)
 
 
 class ChampionComparison(_Contract):
@@ -82,6 +83,9 @@ class PackageResult(_Contract):
     bento_sha256: str = ""
     sha256: str = ""  # the serving artifact's, which the evaluate step timed
     format: str = ""
+    runtime: str = "onnxruntime"  # what the bento runs the artifact in (cmunext_serving/engines.py)
+    precision: str = "fp32"
+    fallback: dict | None = None  # for bf16: the fp32 form a CPU without bf16 runs
 
 
 class InfraValidation(_Contract):
@@ -91,3 +95,4 @@ class InfraValidation(_Contract):
     summary: str | None = None
     latency_ms: dict | None = None
     ready_s: float | None = None
+    served: dict | None = None  # the runtime and precision the booted bento reported

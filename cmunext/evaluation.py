@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data.dataset import find_file
-from .data.imageio import read_image, read_mask
+from cmunext_serving.imageio import read_image, read_mask
+
+from .data.layout import find_file
 from .metrics import ImageMetrics, aggregate, image_metrics, paired_difference
 
 

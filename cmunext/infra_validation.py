@@ -1,9 +1,9 @@
 """Infra-validation (TFX's InfraValidator, for bentos): boot the packaged bento as it is deployed (from its
 .bento archive, in a private BentoML home, authentication required), before the registry's `champion` moves.
 
-It waits for /readyz, sends canary images from the test split, and passes only when every served mask equals
-the mask the evaluated serving artifact gives in this process (at most MASK_TOLERANCE of the pixels may differ)
-and the served p95 latency over HTTP meets the latency gate. A server that does not start, a wrong mask or a
+It waits for /readyz, sends canary images from the test split, and passes only when the bento runs the runtime
+and precision the evaluated artifact runs in here, every served mask equals the mask that artifact gives in this
+process (at most MASK_TOLERANCE of the pixels may differ), and the served p95 latency over HTTP meets the latency gate. A server that does not start, a wrong mask or a
 slow server is a failure whose reasons the pipeline records as a rejection.
 """
 from __future__ import annotations
@@ -99,13 +99,15 @@ def validate_bento(archive: str | Path, artifact: str | Path, data_dir: str | Pa
     import requests
     from PIL import Image
 
-    from .data.dataset import find_file
-    from .serving.runtime import OnnxModel, decode_image, preprocess, resize_back
+    from cmunext_serving.engines import ServedModel
+    from cmunext_serving.runtime import decode_image, preprocess, resize_back
+
+    from .data.layout import find_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     canaries = sorted(stems)[:CANARY_IMAGES]
-    model = OnnxModel(artifact)
+    model = ServedModel(artifact)
     result = {"passed": False, "bento_archive": str(archive), "canaries": canaries, "reasons": [],
               "max_latency_ms": max_latency_ms, "mask_tolerance": MASK_TOLERANCE}
     port = _free_port()
@@ -138,6 +140,14 @@ def validate_bento(archive: str | Path, artifact: str | Path, data_dir: str | Pa
                 if differ > MASK_TOLERANCE:
                     result["reasons"].append(f"{stem}: {differ:.2%} of the served mask differs from the evaluated "
                                              f"artifact's (tolerance {MASK_TOLERANCE:.1%})")
+            first = images[canaries[0]]
+            served_form = requests.post(f"{url}/segment_json", files={"image": (first.name, first.read_bytes())},
+                                        headers=auth, timeout=120).json().get("model", {})
+            result["served"] = {k: served_form.get(k) for k in ("runtime", "precision", "fallback_reason")}
+            expected = model.describe()
+            if (served_form.get("runtime"), served_form.get("precision")) != (expected["runtime"], expected["precision"]):
+                result["reasons"].append(f"the bento serves {served_form.get('runtime')}/{served_form.get('precision')}"
+                                         f", not the evaluated {expected['runtime']}/{expected['precision']}")
             times = []
             for i in range(LATENCY_REQUESTS):
                 path = images[canaries[i % len(canaries)]]
@@ -156,6 +166,7 @@ def validate_bento(archive: str | Path, artifact: str | Path, data_dir: str | Pa
             _stop(proc)
     result["passed"] = not result["reasons"]
     if result["passed"]:
-        result["summary"] = (f"{len(canaries)} canary masks as evaluated, HTTP p95 {result['latency_ms']['p95']:.0f}"
+        result["summary"] = (f"{len(canaries)} canary masks as evaluated in {result['served']['runtime']}/"
+                             f"{result['served']['precision']}, HTTP p95 {result['latency_ms']['p95']:.0f}"
                              f" ms ≤ {max_latency_ms:.0f} ms, ready in {result['ready_s']:.0f} s")
     return result

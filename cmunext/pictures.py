@@ -8,8 +8,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .data.dataset import find_file  # noqa: E402
-from .data.imageio import read_image, read_mask  # noqa: E402
+from cmunext_serving.imageio import read_image, read_mask  # noqa: E402
+
+from .data.layout import find_file  # noqa: E402
 from .predict import overlay  # noqa: E402
 
 

@@ -7,10 +7,12 @@ import cv2
 import numpy as np
 import torch
 
-from .data.imageio import read_image, write_png
-from .engine.weights import load_weights
+from cmunext_serving.imageio import read_image, write_png
+
 # the served path's own (torch-free) steps, so the two cannot drift apart
-from .serving.runtime import overlay, preprocess  # noqa: F401  (overlay is part of this module's API)
+from cmunext_serving.runtime import overlay, preprocess  # noqa: F401  (overlay is part of this module's API)
+
+from .engine.weights import load_weights
 
 
 class Predictor:

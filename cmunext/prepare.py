@@ -8,11 +8,11 @@ import logging
 import shutil
 from pathlib import Path
 
+from cmunext_serving.imageio import DataError
+
 from .config import RunConfig
-from .data.imageio import DataError
 from .data.preprocess import preprocess
 from .data.split import make_split, write_split
-from .data.synth import write_synthetic_dataset
 from .paths import state_path
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,9 @@ def resolve_source(cfg: RunConfig, progress: bool = True) -> Path:
         done = folder.with_name(folder.name + ".complete")  # beside, not inside: it is not data
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)
+            from .data.synth import (
+                write_synthetic_dataset,  # scipy: only when synthesizing
+            )
             write_synthetic_dataset(folder, cfg.data.synth_n, cfg.data.synth_seed, progress=progress)
             done.touch()
         return folder

@@ -12,10 +12,11 @@ import numpy as np
 
 def serving_runner(weights: str | Path, workdir: str | Path):
     """Returns (run, artifact_description): `run()` performs one warm batch-1 inference."""
+    from cmunext_serving.engines import ServedModel
+
     from .serving.export import export_serving_artifact
-    from .serving.runtime import OnnxModel
 
     info = export_serving_artifact(weights, workdir)
-    model = OnnxModel(workdir)
+    model = ServedModel(workdir)
     x = np.zeros((1, model.channels, model.size, model.size), np.float32)
-    return (lambda: model.probabilities(x)), f"onnxruntime:{info['format']}"
+    return (lambda: model.probabilities(x)), f"onnxruntime/fp32:{info['format']}"

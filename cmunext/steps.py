@@ -72,7 +72,7 @@ def validate(cfg: RunConfig, data_dir: str | Path, report_dir: str | Path) -> di
 
 def frozen_split(cfg: RunConfig, data_dir: Path) -> tuple[dict | None, str]:
     """The split the data carries (data.split_file, else DIR/splits.json), and where it came from."""
-    from .data.dataset import list_pairs
+    from .data.layout import list_pairs
     from .data.split import read_split_file
 
     if cfg.data.split_file:
@@ -207,33 +207,32 @@ def _score(cfg: RunConfig, weights: Path, data_dir: Path, stems: list[str], work
     return rows, lat, predictor
 
 
-def _consider_int8(cfg: RunConfig, artifact: Path, data_dir: Path, preprocessed_dir: Path, stems: list[str],
-                   rows: list[dict]) -> dict:
-    import numpy as np
-
-    from .serving.quantize import consider_int8
-    train = json.loads((preprocessed_dir / "splits.json").read_text())["train"][: cfg.eval.int8_calibration_images]
-    return consider_int8(artifact, data_dir, stems, train, float(np.mean([r["iou"] for r in rows])),
-                         threshold=cfg.eval.threshold, max_iou_drop=cfg.eval.int8_max_iou_drop,
-                         min_speedup=cfg.eval.int8_min_speedup)
+def _choose_precision(cfg: RunConfig, artifact: Path, data_dir: Path, preprocessed_dir: Path,
+                      stems: list[str]) -> dict:
+    from .serving.precision import choose_precision
+    train = json.loads((preprocessed_dir / "splits.json").read_text())["train"][: cfg.eval.calibration_images]
+    return choose_precision(artifact, data_dir, stems, train, threshold=cfg.eval.threshold,
+                            max_iou_drop=cfg.eval.max_precision_iou_drop, forms=tuple(cfg.eval.serving_forms))
 
 
 def _artifact_latency(cfg: RunConfig, artifact: Path) -> dict:
     import numpy as np
 
+    from cmunext_serving.engines import ServedModel
+
     from .evaluation import latency_ms
-    from .serving.runtime import OnnxModel
-    model = OnnxModel(artifact)
+    model = ServedModel(artifact)
     x = np.zeros((1, model.channels, model.size, model.size), np.float32)
     lat = latency_ms(lambda: model.probabilities(x), cfg.eval.latency_runs, cfg.eval.latency_warmup)
-    lat["artifact"] = f"onnxruntime:{model.info['format']}"
+    lat["artifact"] = f"{model.runtime}/{model.precision}:{model.info['format']}"
     return lat
 
 
 def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preprocessed_dir: str | Path,
              out_dir: str | Path, run_id: str | None = None, artifact_dir: str | Path | None = None) -> dict:
     """Score the test split; score the champion on the same images and machine when there is one. The serving
-    artifact it times (and, with eval.int8, may replace) goes to ARTIFACT_DIR: what the package step ships."""
+    artifact goes to ARTIFACT_DIR in the runtime and precision chosen for it (serving/precision.py), which is what
+    the package step ships and what the gate's latency is measured on."""
     from .data.duplicates import read_classes
     from .evaluation import breakdown, compare, compare_class, count_macs, summarize
     from .models import count_parameters
@@ -246,16 +245,16 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
         raise StepFailed("the test split is empty: raise data.split_ratios[2] or add data")
     artifact = Path(artifact_dir) if artifact_dir else out_dir / "artifact"
     rows, lat, predictor = _score(cfg, Path(weights), data_dir, stems, artifact)
-    int8 = None
-    if cfg.eval.int8:  # may replace the artifact the package step ships, so the latency is measured after it
-        int8 = _consider_int8(cfg, artifact, data_dir, Path(preprocessed_dir), stems, rows)
-        if int8["shipped"] == "int8":
-            lat = _artifact_latency(cfg, artifact)
+    precision = _choose_precision(cfg, artifact, data_dir, Path(preprocessed_dir), stems)
+    if precision["chosen"] != "onnxruntime/fp32":  # the gate judges the form that ships; fp32 stays for the
+        lat = {**_artifact_latency(cfg, artifact), "fp32_p95_ms": lat["p95_ms"]}  # like-for-like champion ratio
+    else:
+        lat["fp32_p95_ms"] = lat["p95_ms"]
     size = cfg.data.image_size
     evaluation = {
         "images": len(rows), "split": "test", "metrics": summarize(rows, cfg.eval.bootstrap), "latency": lat,
         "params": count_parameters(predictor.model), "macs": count_macs(predictor.model, size, size),
-        "image_size": size, "per_image": rows, "champion": None, "int8": int8,
+        "image_size": size, "per_image": rows, "champion": None, "precision": precision,
     }
     classes = read_classes(data_dir)  # mapping.csv of the dataset (BUSI: benign, malignant), if any
     evaluation["breakdown"] = breakdown(rows, classes, cfg.eval.bootstrap)
@@ -270,6 +269,7 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
             raise StepFailed(f"champion v{champ['version']} trained on every image of this test split; freeze the "
                              "split with `cmunext data split DIR` so the test images stay test")
         c_rows, c_lat, _ = _score(cfg, champ_weights, data_dir, fair, out_dir / "champion_artifact")
+        c_lat["fp32_p95_ms"] = c_lat["p95_ms"]
         mine = [r for r in rows if r["stem"] in fair_set]
         by_class: dict[str, set[str]] = {}
         for r in rows:
@@ -400,7 +400,8 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
     declared output), shipped as it is, so the gate's latency is the served one's. The .bento archive goes to
     OUT_DIR (the step's output artifact) and to the bento store (registry.bento_store), whose URI and sha256
     are recorded on the version with the bento's tag."""
-    from .data.fingerprint import sha256_file
+    from cmunext_serving.fingerprint import sha256_file
+
     from .serving import store
     from .serving.package import package_model
     from .tracking import registry
@@ -425,7 +426,8 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
     uri = store.archive_uri(store.root(cfg.registry.bento_store), name, version, built["bento_tag"])
     digest = store.put(archive, uri)
     registry.tag_version(name, str(version), {"bento_tag": built["bento_tag"], "bento_uri": uri,
-                                              "bento_sha256": digest, "bento_archive": str(archive)})
+                                              "bento_sha256": digest, "bento_archive": str(archive),
+                                              "serving_form": f"{built['runtime']}/{built['precision']}"})
     result = PackageResult.model_validate({**built, "archive": str(archive), "bento_uri": uri, "bento_sha256": digest})
     (out_dir / "bento.json").write_text(result.model_dump_json(indent=1))
     return result

@@ -22,8 +22,10 @@ def evaluate_model(config_json: str, run_id: str, champion_version: str, model: 
     workdir = os.path.join(os.path.dirname(evaluation.path), "work")
     result = evaluate(cfg, os.path.join(model.path, "model.safetensors"), dataset.path, preprocessed.path,
                       workdir, run_id, artifact_dir=serving_artifact.path)
-    serving_artifact.metadata.update({"format": result["latency"].get("artifact", ""),
-                                      "p95_ms": result["latency"]["p95_ms"]})
+    choice = result["precision"]
+    serving_artifact.metadata.update({"format": result["latency"].get("artifact", ""), "form": choice["chosen"],
+                                      "p95_ms": result["latency"]["p95_ms"],
+                                      "forms": {f: r.get("ms_b1") for f, r in choice["forms"].items()}})
     Evaluation.model_validate(result)  # the contract the gate, package and infra-validate read
     with open(evaluation.path, "w") as f:
         json.dump(result, f)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cmunext.config import load_config  # noqa: E402
 from cmunext.data import duplicates as dup  # noqa: E402
-from cmunext.data.dataset import find_file, list_pairs  # noqa: E402
+from cmunext.data.layout import find_file, list_pairs  # noqa: E402
 from cmunext.data.preprocess import preprocess  # noqa: E402
 from cmunext.data.split import make_split, write_split  # noqa: E402
 

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from PIL import Image
-
 from conftest import BUSI, ROOT, VENV_BIN, MlflowServer, free_port, wait_for_port
+from PIL import Image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # image builds: minutes on a fresh machine
 CMUNEXT = str(VENV_BIN / "cmunext")
@@ -210,7 +209,7 @@ def _test_image() -> tuple[str, bytes]:
     if BUSI.is_dir():
         path = sorted((BUSI / "images").glob("malignant_*.png"))[0]
         return path.name, path.read_bytes()
-    from cmunext.serving.runtime import demo_image, png_bytes
+    from cmunext_serving.runtime import demo_image, png_bytes
     return "demo.png", png_bytes(demo_image())
 
 
@@ -218,7 +217,8 @@ def test_served_from_its_container_like_in_process(engine, container_run, servin
     """`cmunext serve --container` answers /readyz and /segment with the mask the bento's model gives in this
     process, with a read-only root filesystem; SIGTERM stops the container."""
     from cmunext.serving.package import stores
-    from cmunext.serving.runtime import OnnxModel, decode_image, preprocess, resize_back
+    from cmunext_serving.engines import ServedModel
+    from cmunext_serving.runtime import decode_image, preprocess, resize_back
 
     port = free_port()
     proc = subprocess.Popen([CMUNEXT, "serve", "--container", "--model", "champion", "--model-name", "cmunext-ci",
@@ -240,7 +240,7 @@ def test_served_from_its_container_like_in_process(engine, container_run, servin
         os.environ.pop("BENTOML_HOME", None)
         try:
             model_tag = stores()[1].get(_bento_tag(container_run)).info.labels["model_tag"]
-            model = OnnxModel(stores()[0].get(model_tag).path)
+            model = ServedModel(stores()[0].get(model_tag).path)
         finally:
             os.environ.pop("CMUNEXT_HOME", None)
             os.environ.pop("BENTOML_HOME", None)

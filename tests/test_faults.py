@@ -27,8 +27,15 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import ROOT, VENV_BIN, MlflowServer, S3Server, free_port, stop, wait_for_port
+from conftest import (
+    ROOT,
+    VENV_BIN,
+    MlflowServer,
+    S3Server,
+    free_port,
+    stop,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -81,7 +88,7 @@ def tracking(own_mlflow, own_s3, monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def shards(synth_dataset, tmp_path_factory) -> Path:
-    from cmunext.data.dataset import list_pairs
+    from cmunext.data.layout import list_pairs
     from cmunext.data.preprocess import preprocess
 
     stems = list_pairs(synth_dataset)

@@ -52,7 +52,10 @@ def test_everything_passes_and_ties_pass():
     (evaluation(iou=0.4999), "test IoU"),
     (evaluation(p95=200.01), "p95 latency"),
     (evaluation(champion=champion(diff_low=-0.0201)), "IoU difference vs champion (95% CI lower bound)"),
-    (evaluation(p95=151.0, champion=champion(p95=100.0)), "p95 latency ratio vs champion"),
+    (evaluation(p95=151.0, champion=champion(p95=100.0)), "p95 latency ratio vs champion (fp32)"),
+    # the ratio compares both models in fp32: a faster shipped form (bf16, 50 ms) does not hide a slower model
+    ({**evaluation(p95=50.0, champion=champion(p95=100.0)),
+      "latency": {"p95_ms": 50.0, "fp32_p95_ms": 151.0}}, "p95 latency ratio vs champion (fp32)"),
 ])
 def test_each_check_fails_alone(ev, name):
     d = decide(ev, GATE)

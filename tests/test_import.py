@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BUSI, busi
 from PIL import Image
 
-from cmunext.data.dataset import list_pairs
 from cmunext.data.importers import detect_layout, import_dataset, safe_stem
-from cmunext.data.imageio import DataError
-
-from conftest import BUSI, busi
+from cmunext.data.layout import list_pairs
+from cmunext_serving.imageio import DataError
 
 
 def _image(h=20, w=24, seed=0, rgb=False) -> np.ndarray:

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ROOT, VENV_BIN, grown_dataset
 
 CI_TINY = str(ROOT / "configs" / "ci-tiny.yaml")
@@ -64,6 +63,8 @@ def test_first_run_promotes_and_tracks_everything(first_run, env):
     assert champ["tags"]["infra_validation"] == "passed"  # its bento booted and served before the alias moved
     assert [h["event"] for h in reg["history"]] == ["promoted"]
     assert "served by its bento" in reg["history"][0]["reason"]
+    # the bento runs the form the evaluate step chose, and infra-validation saw it serve that form
+    assert f"as evaluated in {champ['tags']['serving_form']}," in reg["history"][0]["reason"]
     order = [st["step"] for st in summary["steps"]]
     assert order.index("package-model") < order.index("infra-validate-model") < order.index("promote-model")
 
@@ -79,6 +80,9 @@ def test_first_run_promotes_and_tracks_everything(first_run, env):
     assert [m.step for m in history] == [1, 2]  # per-epoch metrics
     assert run_info.inputs.dataset_inputs[0].dataset.digest == summary["data_md5"][:36]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(champ["run_id"])}
+    evaluation = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=champ["run_id"], artifact_path="evaluation/evaluation.json")).read_text())
+    assert evaluation["precision"]["chosen"] == champ["tags"]["serving_form"]
     assert {"plots", "evaluation", "config.json"} <= artifacts
     # the champion loads through the registry alias and predicts probabilities
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
@@ -138,7 +142,7 @@ def test_a_bento_that_fails_at_start_is_rejected_before_promotion(env, tmp_path)
     model service cannot parse, which building the bento never reads) rejects the version, with the reason in
     MLflow and on screen; no champion moves."""
     model = "cmunext-ci-infra"
-    proc, summary = run({**env, "CMUNEXT_ORT_THREADS": "two"}, tmp_path, f"registry.model_name={model}")
+    proc, summary = run({**env, "CMUNEXT_THREADS": "two"}, tmp_path, f"registry.model_name={model}")
     assert proc.returncode != 0 and summary is None
     error = proc.stderr.split("cmunext: error:")[-1]
     assert "infra-validate-model" in error and "Champion unchanged: none" in error
@@ -178,7 +182,6 @@ def _serving(env, model: str):
     import time
 
     import requests
-
     from conftest import free_port, wait_for_port
 
     port = free_port()

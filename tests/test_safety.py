@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, VENV_BIN
 from PIL import Image
 
-from cmunext.data.imageio import DataError
-from conftest import ROOT, VENV_BIN
+from cmunext_serving.imageio import DataError
 
 pytestmark = pytest.mark.timeout(120)  # a hang (a FIFO opened for reading) fails instead of blocking CI
 
@@ -175,7 +175,7 @@ def test_validator_scan_turns_more_hostile_files_into_failed_rows(synth_dataset,
 def test_read_image_refuses_bombs_without_decoding(tmp_path):
     import resource
 
-    from cmunext.data.imageio import read_image
+    from cmunext_serving.imageio import read_image
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for name, data in {"pixels.png": pixel_bomb(), "text.png": text_chunk_bomb(), "header.png": huge_header_png()}.items():

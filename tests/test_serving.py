@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from PIL import Image
-
 from conftest import ROOT, VENV_BIN, free_port, stop, wait_for_port
+from PIL import Image
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -95,9 +94,10 @@ def trained_weights(tmp_path_factory) -> Path:
 def served_weights(trained_weights, images, tmp_path_factory) -> Path:
     """The trained weights with the head bias shifted so the median logit on the test image is 0."""
     import torch
-    from cmunext.data.imageio import read_image
+
     from cmunext.engine.weights import load_weights, save_weights
     from cmunext.predict import Predictor
+    from cmunext_serving.imageio import read_image
 
     out = tmp_path_factory.mktemp("served") / "model.safetensors"
     src = out.parent / "gray.png"
@@ -177,8 +177,8 @@ def auth_server(packaged, tmp_path_factory):
 
 def predictor_mask(weights: Path, data: bytes, tmp_path: Path, name: str):
     """(image, probabilities, mask) from the in-process eager Predictor, reading the same bytes from a file."""
-    from cmunext.data.imageio import read_image
     from cmunext.predict import Predictor
+    from cmunext_serving.imageio import read_image
 
     path = tmp_path / name
     path.write_bytes(data)
@@ -200,9 +200,11 @@ def assert_same_mask(served: np.ndarray, prob: np.ndarray, local: np.ndarray) ->
 
 def test_export_parity_with_pytorch(served_weights, tmp_path):
     import torch
+
     from cmunext.engine.weights import load_weights
     from cmunext.serving.export import export_serving_artifact
-    from cmunext.serving.runtime import OnnxModel, sha256_file
+    from cmunext_serving.engines import ServedModel
+    from cmunext_serving.runtime import sha256_file
 
     info = export_serving_artifact(served_weights, tmp_path, runs=3)
     assert set(info["candidates"]) == {"torch", "onnx", "onnx_bnfold", "onnx_ort", "onnx_bnfold_ort"}
@@ -212,7 +214,7 @@ def test_export_parity_with_pytorch(served_weights, tmp_path):
     folding = info["batchnorm_folding"]
     assert folding["into_following_conv"] > 0 and folding["folded_by_exporter_into_preceding_conv"] > 0
 
-    runtime = OnnxModel(tmp_path)  # an independent check of the written artifact
+    runtime = ServedModel(tmp_path)  # an independent check of the written artifact
     model, meta = load_weights(served_weights)
     for batch in (1, 8):
         x = np.random.default_rng(batch).standard_normal((batch, 3, meta["image_size"], meta["image_size"]), dtype=np.float32)
@@ -224,10 +226,11 @@ def test_export_parity_with_pytorch(served_weights, tmp_path):
 def test_runtime_matches_the_predictor(served_weights, packaged, images, tmp_path):
     """The torch-free serving steps equal cmunext.predict's: decoding, preprocessing, probabilities, overlay."""
     from cmunext.predict import Predictor, overlay
-    from cmunext.serving import runtime
     from cmunext.serving.package import stores
+    from cmunext_serving import runtime
+    from cmunext_serving.engines import ServedModel
 
-    onnx_model = runtime.OnnxModel(stores()[0].get(packaged["model_tag"]).path)  # the packaged artifact
+    onnx_model = ServedModel(stores()[0].get(packaged["model_tag"]).path)  # the packaged artifact
     predictor = Predictor(served_weights)
     for name, data in images.items():
         image, prob, mask = predictor_mask(served_weights, data, tmp_path, name)
@@ -244,6 +247,7 @@ def test_runtime_matches_the_predictor(served_weights, packaged, images, tmp_pat
 
 def test_package_records_provenance(packaged):
     import bentoml
+
     from cmunext.serving.package import stores
     from cmunext.serving.serve import find_bento, resolve
 
@@ -264,7 +268,7 @@ def test_package_records_provenance(packaged):
         assert package in requirements
     assert "torch" not in requirements and "nvidia" not in requirements
     sources = sorted(str(p.relative_to(Path(bento.path) / "src")) for p in (Path(bento.path) / "src").rglob("*") if p.is_file())
-    assert all(s == "bentofile.yaml" or (s.startswith("cmunext_bento/") and s.endswith(".py")) for s in sources), sources
+    assert all(s == "bentofile.yaml" or (s.startswith("cmunext_serving/") and s.endswith(".py")) for s in sources), sources
 
     archive = Path(packaged["archive"])
     assert archive.is_absolute() and archive.is_file() and archive.parent == packaged["home"] / "bentos"
@@ -277,17 +281,21 @@ def test_package_records_provenance(packaged):
 
 
 def test_bento_service_imports_without_torch(packaged):
-    """The serving image has no torch (nor albumentations): the bento's code must not need them."""
+    """The serving image has no torch (nor albumentations, nor the cmunext library): the bento's own copy of the
+    serving package must not need them."""
     import sys
+
     from cmunext.serving.package import stores
 
     src = Path(stores()[1].get(packaged["bento_tag"]).path) / "src"
-    code = ("import sys; sys.modules.update(torch=None, albumentations=None, torchvision=None); "
-            "import cmunext_bento.serving.service as s; print(s.MODEL_TAG)")
+    code = ("import sys; sys.modules.update(torch=None, albumentations=None, torchvision=None, cmunext=None); "
+            "import cmunext_serving.service as s, cmunext_serving.engines as e; print(s.__file__); print(s.MODEL_TAG)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(src)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().endswith("cmunext-segmenter:latest")  # no bento arguments outside `bentoml serve`
+    where, tag = proc.stdout.strip().splitlines()[-2:]
+    assert Path(where).is_relative_to(src)  # the bento's copy, not the project's
+    assert tag == "cmunext-segmenter:latest"  # no bento arguments outside `bentoml serve`
 
 
 # ---- a real server ----------------------------------------------------------------------------------------
@@ -322,7 +330,8 @@ def test_segment_json(server, packaged, images):
     assert 0.5 < d["mean_probability"] <= 1
     assert d["model"] == {"tag": packaged["model_tag"], "mlflow_model": "cmunext-test", "mlflow_version": "3",
                           "run_id": "run-abc", "data_revision": "rev-123", "format": packaged["format"],
-                          "sha256": packaged["sha256"]}
+                          "sha256": packaged["sha256"], "runtime": "onnxruntime", "precision": "fp32",
+                          "requested": "onnxruntime/fp32", "fallback_reason": None}
     assert d["latency_ms"]["total"] >= d["latency_ms"]["inference"] > 0
 
 
@@ -461,8 +470,9 @@ def test_serve_command_says_whether_a_token_is_required(packaged):
 @pytest.mark.parametrize("tamper", ["artifact", "artifact+export.json"])
 def test_refuses_to_start_with_a_changed_artifact(packaged, tmp_path, monkeypatch, tamper):
     import json
-    from cmunext.serving.runtime import sha256_file
+
     from cmunext.serving.serve import start_server
+    from cmunext_serving.runtime import sha256_file
 
     home = tmp_path / "bentoml"
     shutil.copytree(packaged["home"] / "bentoml", home, symlinks=True)

@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from cmunext.data.imageio import DataError
-from cmunext.data.split import assign, make_split, read_split_file
 from conftest import ROOT, VENV_BIN, grown_dataset
+
+from cmunext.data.split import assign, make_split, read_split_file
+from cmunext_serving.imageio import DataError
 
 
 @pytest.fixture(scope="module")

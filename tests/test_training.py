@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, VENV_BIN
 from safetensors.torch import load_file
 
 from cmunext.config import load_config
-from cmunext.data.dataset import list_pairs
+from cmunext.data.layout import list_pairs
 from cmunext.data.preprocess import preprocess
 from cmunext.engine.checkpoint import CheckpointDir
 from cmunext.engine.trainer import train
-from conftest import ROOT, VENV_BIN
 
 CI_TINY = ROOT / "configs" / "ci-tiny.yaml"
 

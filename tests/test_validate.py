@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import BUSI, busi
 from PIL import Image
 
-from cmunext.data.imageio import DataError
 from cmunext.data.validate import format_summary, scan_dataset, validate_dataset
-from conftest import BUSI, busi
-
+from cmunext_serving.imageio import DataError
 
 # ------------------------------------------------------------------ hand-made bad files
 

@@ -14,12 +14,11 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
+from conftest import VENV_BIN, free_port, stop, wait_for_port
 from PIL import Image
 
 from cmunext.data import versioning as V
-from cmunext.data.imageio import DataError
-
-from conftest import VENV_BIN, free_port, stop, wait_for_port
+from cmunext_serving.imageio import DataError
 
 
 def _git(cwd: Path, *args: str) -> str:

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .imageio import IMAGE_SUFFIXES, DataError, read_image, read_mask
+from cmunext_serving.imageio import DataError, read_image, read_mask
+
+from .layout import find_file, list_pairs
 
 
 def _to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,25 +39,6 @@ class _Augmented(Dataset):
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return _to_tensors(image, mask)
-
-
-def list_pairs(root: str | Path) -> list[str]:
-    """Stems present in both root/images and root/masks (PNG, JPEG, BMP or TIFF)."""
-    root = Path(root)
-    for sub in ("images", "masks"):
-        if not (root / sub).is_dir():
-            raise DataError(f"{root}: missing folder {sub}/ (expected the project layout images/ + masks/)")
-    images = {p.stem: p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem for p in (root / "masks").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    return sorted(set(images) & masks)
-
-
-def find_file(folder: Path, stem: str) -> Path:
-    for suffix in (".png",) + IMAGE_SUFFIXES:
-        p = folder / f"{stem}{suffix}"
-        if p.exists():
-            return p
-    raise DataError(f"{folder}: no image file for stem {stem!r}")
 
 
 class FolderDataset(_Augmented):

@@ -99,7 +99,7 @@ def read_classes(root: Path) -> dict[str, str]:
 
 
 def _mask(root: Path, mask_file: str) -> np.ndarray:
-    from .imageio import read_image
+    from cmunext_serving.imageio import read_image
     return read_image(root / mask_file, channels=1) > 0
 
 

@@ -32,7 +32,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .imageio import IMAGE_SUFFIXES, DataError, open_image, read_mask, to_array, write_png
+from cmunext_serving.imageio import (
+    IMAGE_SUFFIXES,
+    DataError,
+    open_image,
+    read_mask,
+    to_array,
+    write_png,
+)
 
 BUSI_CLASSES = ("benign", "malignant", "normal")
 MAPPING_FIELDS = ("stem", "image", "masks", "class")

@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .dataset import find_file
-from .imageio import read_image, read_mask
+from cmunext_serving.imageio import read_image, read_mask
+
+from .layout import find_file
 
 SHARD_SIZE = 256
 FORMAT_VERSION = 1

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .dataset import find_file, list_pairs
-from .fingerprint import dhash, near_duplicate_groups, sha256_file
-from .imageio import DataError, read_image
+from cmunext_serving.fingerprint import dhash, near_duplicate_groups, sha256_file
+from cmunext_serving.imageio import DataError, read_image
+
+from .layout import find_file, list_pairs
 
 SPLITS = ("train", "val", "test")
 

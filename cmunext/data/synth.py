@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from .imageio import write_png
+from cmunext_serving.imageio import write_png
 
 
 def _lesion_mask(h: int, w: int, rng: np.random.Generator) -> np.ndarray:

@@ -27,11 +27,18 @@ from typing import BinaryIO, Iterator
 import numpy as np
 import pandas as pd
 
+from cmunext_serving.fingerprint import dhash, near_duplicate_groups
+from cmunext_serving.imageio import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    DataError,
+    open_image,
+    to_array,
+)
+
 from ..config import VALIDATION_CHECKS
 from . import duplicates as dup
 from .docs_offline import make_offline
-from .fingerprint import dhash, near_duplicate_groups
-from .imageio import IMAGE_SUFFIXES, MAX_PIXELS, DataError, open_image, to_array
 
 # Ultrasound frames are a few MB at most; anything far larger is refused unread, so a
 # huge (or sparse) file cannot stall hashing.

@@ -26,8 +26,9 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from cmunext_serving.imageio import DataError
+
 from ..storage_errors import classify
-from .imageio import DataError
 
 DEFAULT_REMOTE = "local"
 S3_REMOTE = "s3"

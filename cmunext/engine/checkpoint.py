@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.fingerprint import sha256_file
+from cmunext_serving.fingerprint import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,4 @@
-"""Serving: ONNX export (export), BentoML packaging (package), the service (service, with runtime, guard
-and ui), launching it (serve) and its benchmark (bench).
-
-Nothing is imported here: service, runtime, guard and ui must stay importable without torch (they are
-copied into every bento); export, package and bench need the full environment.
+"""Build-time serving tools: ONNX export (export), the runtime and precision choice (precision), int8 with
+ONNX Runtime (quantize), BentoML packaging (package), the bento store (store), launching a bento (serve) and the
+benchmarks (bench, bench_inference). What a bento runs is the torch-free package `cmunext_serving`.
 """

@@ -1,6 +1,11 @@
 """Serving benchmark: requests/s and latency over HTTP against a real `bentoml serve` of a freshly packaged
-bento, beside the in-process throughput of the same artifact, and the export's candidates against eager
-PyTorch at batch 1 and 8. Random-init weights are enough for speed. Never part of the tests' pass/fail.
+bento, beside the in-process throughput of the same artifact in the same form, and the export's candidates
+against eager PyTorch at batch 1 and 8. Random-init weights are enough for speed. Never part of the tests'
+pass/fail.
+
+The bento serves the fastest fp32 or bf16 form here (chosen on speed alone: random weights have no test IoU to
+check int8 against). The load client runs on cores of its own (`--client-cpus`, 1 by default) and the
+server, and the in-process baseline, on the others, with as many inference threads as they have cores.
 
     python -m cmunext.serving.bench --variant cmunext_s --size 256
 """
@@ -37,6 +42,7 @@ def _private_state(root: Path):
 
 def random_weights(variant: str, image_size: int, out: Path, seed: int = 0) -> Path:
     import torch
+
     from ..engine.weights import save_weights
     from ..models import create_model
     torch.manual_seed(seed)
@@ -75,8 +81,9 @@ def http_load(url: str, data: bytes, clients: int, per_client: int, route: str =
 
 def in_process(artifact: Path, data: bytes, runs: int) -> dict:
     """The service's steps in this process, without HTTP: per image (batch 1), and 8 images with one batch-8 call."""
-    from . import runtime
-    model = runtime.OnnxModel(artifact)
+    from cmunext_serving import runtime
+    from cmunext_serving.engines import ServedModel
+    model = ServedModel(artifact)
 
     def pipeline(count: int) -> None:
         decoded = [runtime.decode_image(data, 10**8) for _ in range(count)]
@@ -119,37 +126,77 @@ def _wait_ready(url: str, proc, timeout: float = 180) -> None:
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+def cpu_split(client_cpus: int) -> tuple[list[int], list[int]]:
+    """(server cores, load-client cores): the last CLIENT_CPUS of this process's cores go to the client; with
+    fewer than two cores, or CLIENT_CPUS 0, both share them all."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if client_cpus <= 0 or len(cpus) <= client_cpus:
+        return cpus, cpus
+    return cpus[:-client_cpus], cpus[-client_cpus:]
+
+
+def fastest_form(artifact: Path, runs: int, serve: tuple[str, ...] = ("onnxruntime/fp32", "openvino/fp32",
+                                                                      "openvino/bf16")) -> dict:
+    """Time SERVE for ARTIFACT (an export folder) at batch 1 and record the fastest in its export.json."""
+    from .export import _interleaved_medians
+    from .precision import open_forms, record_form
+
+    info = json.loads((artifact / "export.json").read_text())
+    runners, _, unavailable = open_forms(artifact / info["file"], serve, info["session"], info["threads"], [], artifact)
+    x = np.random.default_rng(1).standard_normal((1, info["in_channels"], info["image_size"], info["image_size"]),
+                                                 dtype=np.float32)
+    ms = _interleaved_medians(runners, x, runs)
+    form = min(ms, key=ms.get)
+    fp32 = {f: v for f, v in ms.items() if f.endswith("/fp32")}
+    fallback = min(fp32, key=fp32.get) if form.endswith("/bf16") and fp32 else None
+    record_form(artifact, form, fallback, {"chosen": form, "by": "speed alone (benchmark, random weights)",
+                                           "ms_b1": {f: round(v, 2) for f, v in ms.items()}, "unavailable": unavailable})
+    return {"form": form, "ms_b1": {f: round(v, 2) for f, v in ms.items()}}
+
+
 def bench_serving(variant: str = "cmunext_s", image_size: int = 256, *, weights: str | Path | None = None,
-                  clients: tuple[int, ...] = (1, 8), per_client: int = 20, export_runs: int = 10) -> dict:
+                  clients: tuple[int, ...] = (1, 8), per_client: int = 20, export_runs: int = 10,
+                  client_cpus: int = 1) -> dict:
     """Package (random-init VARIANT at IMAGE_SIZE, or WEIGHTS) into a private state folder, measure the export
     candidates at batch 1 and 8, the in-process pipeline, and HTTP load at each concurrency in CLIENTS."""
-    from . import runtime
+    from cmunext_serving import runtime
+
     from .export import export_serving_artifact
     from .package import package_model
     from .serve import start_server
 
     label = str(weights) if weights else variant
+    everything = os.sched_getaffinity(0)
+    server_cpus, load_cpus = cpu_split(client_cpus)
+    threads = len(server_cpus)
     with tempfile.TemporaryDirectory(prefix="cmunext-bench-") as tmp, _private_state(Path(tmp) / "state"):
         tmp = Path(tmp)
-        weights = Path(weights) if weights else random_weights(variant, image_size, tmp / "model.safetensors")
-        export = export_serving_artifact(weights, tmp / "export", runs=export_runs, report_batches=(8,))
-        candidates = {name: {"ms_b1": round(c["ms_by_batch"]["1"], 1), "ms_b8": round(c["ms_by_batch"]["8"], 1),
-                             "speedup_b1": c["speedup_vs_torch"]["1"], "speedup_b8": c["speedup_vs_torch"]["8"],
-                             "max_abs_diff": c["max_abs_diff"]} for name, c in export["candidates"].items()}
-        packaged = package_model(weights, model_name=f"bench-{variant}", model_version="0", run_id="bench",
-                                 data_revision="none", metrics={}, runs=export_runs)
-        image = runtime.demo_image(image_size, image_size)
-        data = runtime.png_bytes(image)
-        local = in_process(tmp / "export", data, runs=4 * per_client)
-
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = start_server(packaged["bento_tag"], port=port, log_file=tmp / "serve.log")
+        os.sched_setaffinity(0, server_cpus)  # export, in-process and the server (which inherits it) share these
+        try:
+            weights = Path(weights) if weights else random_weights(variant, image_size, tmp / "model.safetensors")
+            export = export_serving_artifact(weights, tmp / "export", runs=export_runs, report_batches=(8,),
+                                             threads=threads)
+            candidates = {name: {"ms_b1": round(c["ms_by_batch"]["1"], 1), "ms_b8": round(c["ms_by_batch"]["8"], 1),
+                                 "speedup_b1": c["speedup_vs_torch"]["1"], "speedup_b8": c["speedup_vs_torch"]["8"],
+                                 "max_abs_diff": c["max_abs_diff"]} for name, c in export["candidates"].items()}
+            form = fastest_form(tmp / "export", export_runs)
+            packaged = package_model(weights, model_name=f"bench-{variant}", model_version="0", run_id="bench",
+                                     data_revision="none", metrics={}, runs=export_runs, exported=tmp / "export")
+            image = runtime.demo_image(image_size, image_size)
+            data = runtime.png_bytes(image)
+            local = in_process(tmp / "export", data, runs=4 * per_client)
+            port = _free_port()
+            url = f"http://127.0.0.1:{port}"
+            proc = start_server(packaged["bento_tag"], port=port, log_file=tmp / "serve.log",
+                                env={"CMUNEXT_THREADS": threads})
+        finally:
+            os.sched_setaffinity(0, load_cpus)
         try:
             _wait_ready(url, proc)
             http_load(url, data, max(clients), 3)  # warm-up, and the batching dispatcher's calibration
             http = {f"c{c}": http_load(url, data, c, per_client) for c in clients}
         finally:
+            os.sched_setaffinity(0, everything)
             proc.terminate()
             try:
                 proc.wait(30)
@@ -164,8 +211,9 @@ def bench_serving(variant: str = "cmunext_s", image_size: int = 256, *, weights:
     for c, result in http.items():
         base = local["pipeline_b1" if c == "c1" else "pipeline_b8"]["images_per_s"]
         ratios[f"http_{c}_vs_in_process"] = round(result["rps"] / base, 3)
-    return {"model": label, "image_size": image_size,
-            "export_choice": export["format"], "served_format": packaged["format"], "candidates": candidates,
+    return {"model": label, "image_size": image_size, "server_cpus": server_cpus, "client_cpus": load_cpus,
+            "export_choice": export["format"], "served_format": packaged["format"], "served_form": form["form"],
+            "forms_ms_b1": form["ms_b1"], "candidates": candidates,
             "in_process": local, "http": http, "ratios": ratios, "cpu_count": os.cpu_count(),
             "load_average": os.getloadavg()}
 
@@ -177,10 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="a weights file instead of random-init VARIANT")
     parser.add_argument("--per-client", type=int, default=20)
     parser.add_argument("--export-runs", type=int, default=10)
+    parser.add_argument("--client-cpus", type=int, default=1,
+                        help="cores kept for the load client, apart from the server's (0: share all)")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
     result = bench_serving(args.variant, args.size, weights=args.weights, per_client=args.per_client,
-                           export_runs=args.export_runs)
+                           export_runs=args.export_runs, client_cpus=args.client_cpus)
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

@@ -33,8 +33,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from cmunext_serving.runtime import EXPORT_JSON, session_options, sha256_file, sigmoid
+
 from ..engine.weights import load_weights
-from .runtime import EXPORT_JSON, session_options, sha256_file, sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,19 @@ def fold_batchnorms(graph_model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict
                 stats["into_following_conv"] += 1
                 continue
         stats["kept"] += 1
+    stats["unused_initializers_removed"] = drop_unused_initializers(model)
     onnx.checker.check_model(model)
     return model, dict(stats)
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> int:
+    """Remove initializers no node reads (a folded BatchNorm's four tensors): ONNX Runtime would warn about
+    each one at every start. Returns how many went."""
+    used = {name for node in model.graph.node for name in node.input}
+    unused = [t for t in model.graph.initializer if t.name not in used]
+    for tensor in unused:
+        model.graph.initializer.remove(tensor)
+    return len(unused)
 
 
 # ---- measuring ------------------------------------------------------------------------------------------

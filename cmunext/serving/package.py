@@ -1,9 +1,8 @@
 """Package a registered model version for serving: ONNX artifact -> BentoML model -> bento -> .bento archive.
 
-The bento holds a torch-free copy of the serving code (package `cmunext_bento`: cmunext/serving/ and
-cmunext/data/imageio.py with what it imports, in the same layout), exact pins of its runtime packages taken from
-this environment, and build arguments naming the model and its sha256, so the bento always serves the
-model it was built with. Stores live in $BENTOML_HOME, by default <state folder>/bentoml.
+The bento holds the torch-free serving package `cmunext_serving` whole, exact pins of its packages taken from
+this environment (the inference runtimes only where the artifact's runtime or its fallback needs them), and
+build arguments naming the model and its sha256, so the bento always serves the model it was built with. Stores live in $BENTOML_HOME, by default <state folder>/bentoml.
 """
 from __future__ import annotations
 
@@ -17,21 +16,21 @@ import tempfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from ..data.fingerprint import sha256_file
+from cmunext_serving.engines import serving_record
+from cmunext_serving.fingerprint import sha256_file
+from cmunext_serving.runtime import EXPORT_JSON, verify_artifact
+
 from ..errors import CmunextError
 from ..paths import state_dir
-from .runtime import EXPORT_JSON, verify_artifact
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "cmunext-segmenter"   # the BentoML model name (the MLflow name is in its labels)
 BENTO_NAME = "cmunext-service"
-BUNDLE = "cmunext_bento"           # the serving code's package name inside a bento
-SERVICE = f"{BUNDLE}.serving.service:Segmenter"
-SERVING_PACKAGES = ("onnxruntime", "numpy", "pillow", "opencv-python-headless")
-# the torch-free part of the project that the service imports, copied with its layout (so relative imports hold)
-_SOURCES = ("errors.py", "data/imageio.py", "data/fingerprint.py", "serving/__init__.py", "serving/service.py", "serving/runtime.py",
-            "serving/guard.py", "serving/ui.py")
+BUNDLE = "cmunext_serving"         # the torch-free serving package, included whole
+SERVICE = f"{BUNDLE}.service:Segmenter"
+SERVING_PACKAGES = ("numpy", "pillow", "opencv-python-headless")
+RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
 class ExportError(CmunextError, RuntimeError):
@@ -82,10 +81,11 @@ def stores():
     return ModelStore(str(home / "models")), BentoStore(str(home / "bentos"))
 
 
-def serving_requirements() -> list[str]:
-    """Exact pins of the serving image's packages, as installed here (no torch, no CUDA wheels)."""
+def serving_requirements(runtimes: tuple[str, ...] = ("onnxruntime",)) -> list[str]:
+    """Exact pins of the serving image's packages, as installed here (no torch, no CUDA wheels): the image
+    libraries and the packages of RUNTIMES."""
     pins = []
-    for name in SERVING_PACKAGES:
+    for name in (*SERVING_PACKAGES, *(RUNTIME_PACKAGES[r] for r in dict.fromkeys(runtimes))):
         candidates = [name] if name != "opencv-python-headless" else [name, "opencv-python", "opencv-contrib-python-headless"]
         for dist in candidates:
             try:
@@ -99,21 +99,21 @@ def serving_requirements() -> list[str]:
 
 
 def stage_bundle(target: str | Path) -> Path:
-    """Write the torch-free serving package `cmunext_bento/` (a subset of `cmunext/`, same layout) under TARGET."""
-    root = Path(__file__).resolve().parents[1]
-    pkg = Path(target) / BUNDLE
-    shutil.rmtree(pkg, ignore_errors=True)
-    for folder in (pkg, pkg / "data", pkg / "serving"):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "__init__.py").write_text('"""Copied from the cmunext project by cmunext.serving.package (no torch)."""\n')
-    for source in _SOURCES:
-        if (root / source).exists():
-            shutil.copyfile(root / source, pkg / source)
+    """Copy the serving package `cmunext_serving/` whole (its .py files) under TARGET."""
+    import cmunext_serving
+    source = Path(cmunext_serving.__file__).resolve().parent
+    shutil.rmtree(Path(target) / BUNDLE, ignore_errors=True)
+    shutil.copytree(source, Path(target) / BUNDLE, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return Path(target)
 
 
 def _jsonable(value):
-    return json.loads(json.dumps(value, default=float))
+    """VALUE as plain JSON types, without None entries (BentoML's metadata refuses None)."""
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if x is not None}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+    return strip(json.loads(json.dumps(value, default=float)))
 
 
 def _build(ctx: Path, config: dict, home: Path) -> str:
@@ -157,7 +157,7 @@ def export_archive(bento_tag: str, export_to: str | None = None) -> str:
             folder.parent.mkdir(parents=True, exist_ok=True)
             target = str(folder)
     if "://" in target:  # fsspec caches filesystems by their arguments: without this, a process would keep the
-        import fsspec     # endpoint and keys of its first export instead of reading the environment each time
+        import fsspec  # endpoint and keys of its first export instead of reading the environment each time
         fsspec.get_filesystem_class(target.split("://", 1)[0]).clear_instance_cache()
     from bentoml._internal.configuration.containers import BentoMLContainer
     try:
@@ -199,12 +199,17 @@ def package_model(weights: str | Path, *, model_name: str, model_version: str | 
             info = export_serving_artifact(weights, tmp / "artifact", tolerance=tolerance, runs=runs)
         else:
             shutil.copytree(exported, tmp / "artifact")
-        artifact_labels = {**labels, "sha256": info["sha256"], "format": info["format"]}
+        record = serving_record(info)
+        fallback = record.get("fallback") or {}
+        runtimes = tuple(r for r in (record["runtime"], fallback.get("runtime")) if r)
+        artifact_labels = {**labels, "sha256": info["sha256"], "format": info["format"], "runtime": record["runtime"],
+                           "precision": record["precision"]}
         metadata = _jsonable({
             **artifact_labels, "metrics": metrics, "file": info["file"], "image_size": info["image_size"],
             "in_channels": info["in_channels"], "num_classes": info["num_classes"], "variant": info["variant"],
             "weights_sha256": info["weights_sha256"], "max_abs_diff": info["max_abs_diff"],
             "session": info["session"], "candidates_ms": {k: v["ms"] for k, v in info["candidates"].items()},
+            "serving": record, "precision_choice": info.get("precision_choice"),
         })
         with bentoml.models.create(MODEL_NAME, labels=artifact_labels, metadata=metadata,
                                    _model_store=model_store) as bento_model:
@@ -217,11 +222,12 @@ def package_model(weights: str | Path, *, model_name: str, model_version: str | 
         bento_tag = _build(ctx, {
             "service": SERVICE,
             "name": BENTO_NAME,
-            "description": f"CMUNeXt lesion segmentation: {model_name} version {model_version} ({info['format']})",
+            "description": f"CMUNeXt lesion segmentation: {model_name} version {model_version} ({record['runtime']} "
+                           f"{record['precision']}, {info['format']})",
             "labels": {**artifact_labels, "model_tag": model_tag},
             "include": [f"/{BUNDLE}/**/*.py"],
             "exclude": ["__pycache__/", "*.pyc"],
-            "python": {"packages": serving_requirements(), "lock_packages": False},
+            "python": {"packages": serving_requirements(runtimes), "lock_packages": False},
             "args": {"model": model_tag, "sha256": info["sha256"], "threshold": threshold},
         }, home)
     log.info("package: bento %s", bento_tag)
@@ -229,4 +235,5 @@ def package_model(weights: str | Path, *, model_name: str, model_version: str | 
     archive = export_archive(bento_tag, export_to)
     log.info("package: exported %s to %s", bento_tag, archive)
     return {"bento_tag": bento_tag, "model_tag": model_tag, "archive": archive, "format": info["format"],
+            "runtime": record["runtime"], "precision": record["precision"], "fallback": record.get("fallback"),
             "sha256": info["sha256"], "max_abs_diff": info["max_abs_diff"], "candidates_ms": metadata["candidates_ms"]}

@@ -23,7 +23,12 @@ def quantize_int8(fp32_onnx: str | Path, calibration: Iterable[np.ndarray], out:
                   per_channel: bool = True) -> Path:
     """Static int8 (QOperator: QLinearConv; uint8 activations, int8 weights), calibrated on CALIBRATION
     (preprocessed float32 batches shaped like the model's input)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     batches = iter(list(calibration))
@@ -44,7 +49,8 @@ def quantize_int8(fp32_onnx: str | Path, calibration: Iterable[np.ndarray], out:
 
 def _session(path: Path, threads: int):
     import onnxruntime as ort
-    from .runtime import session_options
+
+    from cmunext_serving.runtime import session_options
     return ort.InferenceSession(str(path), session_options({"graph_optimization_level": "ORT_ENABLE_ALL"}, threads),
                                 providers=["CPUExecutionProvider"])
 
@@ -66,11 +72,12 @@ def int8_trade(weights: str | Path, data_dir: str | Path, test_stems: list[str],
                max_iou_drop: float = MAX_IOU_DROP) -> dict:
     """fp32 serving artifact vs its int8 quantisation: test IoU (mean over images), ms at batch 1 and 8,
     and the decision."""
-    from ..data.dataset import find_file
-    from ..data.imageio import read_image
+    from cmunext_serving.imageio import read_image
+    from cmunext_serving.runtime import preprocess, resize_back, sigmoid
+
+    from ..data.layout import find_file
     from ..evaluation import score_images, summarize
     from .export import export_serving_artifact
-    from .runtime import preprocess, resize_back, sigmoid
 
     data_dir = Path(data_dir)
     with tempfile.TemporaryDirectory(prefix="cmunext-int8-trade-") as tmp:
@@ -106,62 +113,3 @@ def int8_trade(weights: str | Path, data_dir: str | Path, test_stems: list[str],
             "ms": {b: {k: round(v, 2) for k, v in t.items()} for b, t in timing.items()}, "speedup_int8": speedup,
             "bytes": {"fp32": fp32_bytes, "int8": int8_bytes},
             "ship": "int8" if ship else "fp32", "reasons": why or ["faster and within the IoU budget"]}
-
-
-def consider_int8(artifact_dir: str | Path, data_dir: str | Path, test_stems: list[str], calibration_stems: list[str],
-                  fp32_iou: float, *, threshold: float = 0.5, max_iou_drop: float = MAX_IOU_DROP,
-                  min_speedup: float = 1.0, runs: int = 15) -> dict:
-    """The evaluate step's reduced-precision option: quantise the exported fp32 artifact in ARTIFACT_DIR,
-    score the test split with it, time both at batch 1, and replace the artifact by the int8 one only when
-    the IoU drop is within `max_iou_drop` and int8 is at least `min_speedup` times as fast. export.json
-    then names the int8 form and its sha256, so packaging and the service check the int8 file."""
-    import json
-    import os
-
-    from ..data.dataset import find_file
-    from ..data.imageio import read_image
-    from ..evaluation import score_images
-    from .runtime import EXPORT_JSON, preprocess, resize_back, sha256_file, sigmoid
-
-    folder, data_dir = Path(artifact_dir), Path(data_dir)
-    info = json.loads((folder / EXPORT_JSON).read_text())
-    fp32_path = folder / info["file"]
-    size, channels = int(info["image_size"]), int(info["in_channels"])
-    threads = int(info.get("threads", 2))
-
-    def prep(stem):
-        return preprocess(read_image(find_file(data_dir / "images", stem)), size, channels)[None]
-
-    int8_path = folder / "model.int8.onnx.tmp"
-    quantize_int8(fp32_path, (prep(s) for s in calibration_stems), int8_path)
-    int8 = _session(int8_path, threads)
-
-    def probabilities(image):
-        logits = int8.run(None, {"input": preprocess(image, size, channels)[None]})[0]
-        return resize_back(sigmoid(logits[0, 0]), *image.shape[:2])
-
-    rows = score_images(probabilities, data_dir, test_stems, threshold, progress=False)
-    int8_iou = float(np.mean([r["iou"] for r in rows]))
-    x = np.random.default_rng(1).standard_normal((1, channels, size, size)).astype(np.float32)
-    ms = _interleaved_ms({"fp32": _session(fp32_path, threads), "int8": int8}, x, runs)
-    drop, speedup = fp32_iou - int8_iou, ms["fp32"] / ms["int8"]
-    ship = drop <= max_iou_drop and speedup >= min_speedup
-    fp32 = _session(fp32_path, threads)
-    max_diff = max(float(np.abs(sigmoid(int8.run(None, {"input": b})[0]) - sigmoid(fp32.run(None, {"input": b})[0])).max())
-                   for b in (prep(s) for s in test_stems[:4]))
-    trade = {"fp32_iou": round(fp32_iou, 4), "int8_iou": round(int8_iou, 4), "iou_drop_points": round(100 * drop, 2),
-             "ms_b1": {k: round(v, 2) for k, v in ms.items()}, "speedup": round(speedup, 3),
-             "bytes": {"fp32": fp32_path.stat().st_size, "int8": int8_path.stat().st_size},
-             "calibration_images": len(calibration_stems), "max_iou_drop_points": 100 * max_iou_drop,
-             "min_speedup": min_speedup, "max_abs_diff_vs_fp32": round(max_diff, 5),
-             "shipped": "int8" if ship else "fp32"}
-    if ship:
-        os.replace(int8_path, fp32_path)  # the artifact file keeps its name; export.json says what it is now
-        # parity with PyTorch within 1e-4 no longer holds; the test-IoU check replaced it
-        info.update(format=f"{info['format']}_int8", sha256=sha256_file(fp32_path), int8=trade,
-                    max_abs_diff=max_diff, session={"graph_optimization_level": "ORT_ENABLE_ALL",
-                                                    "intra_op_num_threads": threads})
-        (folder / EXPORT_JSON).write_text(json.dumps(info, indent=1))
-    else:
-        int8_path.unlink()
-    return trade

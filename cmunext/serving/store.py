@@ -15,7 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..data.fingerprint import sha256_file
+from cmunext_serving.fingerprint import sha256_file
+
 from ..errors import CmunextError
 from ..paths import state_dir
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import hmac
 import json
-import typing as t
-
 import os
+import typing as t
 
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/health"})
 MIN_TOKEN_CHARS = 16

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
-from ..errors import CmunextError
+from .errors import CmunextError
 
 MAX_PIXELS = 50_000_000  # ~7000x7000; far above any ultrasound frame
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

@@ -1,9 +1,8 @@
-"""Torch-free inference for the served model: decoding, the Predictor's preprocessing, ONNX Runtime,
-resize-back, mask statistics and overlays.
+"""Torch-free pre- and post-processing for the served model: decoding, the Predictor's preprocessing,
+resize-back, mask statistics, overlays and the artifact's integrity check (the runtimes: engines.py).
 
 The serving image has no torch (and no albumentations), so the steps of `cmunext.predict.Predictor`
 are repeated here with numpy and OpenCV only; tests check that both give the same numbers.
-Inside a bento these modules are copied into package `cmunext_bento` (see cmunext.serving.package).
 """
 from __future__ import annotations
 
@@ -16,8 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..data.fingerprint import sha256_file
-from ..data.imageio import DataError, open_image, to_array
+from .fingerprint import sha256_file
+from .imageio import DataError, open_image, to_array
 
 THRESHOLD = 0.5
 EXPORT_JSON = "export.json"
@@ -26,7 +25,7 @@ GRAY_MEAN, GRAY_STD = (0.449,), (0.226,)
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 
 __all__ = ["DataError", "UnsupportedImage", "TooLarge", "decode_image", "preprocess", "resize_back", "sigmoid",
-           "mask_summary", "overlay", "png_bytes", "sha256_file", "verify_artifact", "OnnxModel", "demo_image"]
+           "mask_summary", "overlay", "png_bytes", "sha256_file", "verify_artifact", "demo_image"]
 
 
 class UnsupportedImage(DataError):
@@ -154,30 +153,6 @@ def verify_artifact(folder: str | Path, recorded: dict[str, str | None] | None =
             raise RuntimeError(f"refusing to serve {path}: its sha256 {actual} differs from the one recorded in "
                                f"{where} ({want}); the artifact was changed or corrupted")
     return actual
-
-
-class OnnxModel:
-    """An exported artifact (model.onnx + export.json) in ONNX Runtime; returns lesion probabilities."""
-
-    def __init__(self, folder: str | Path, recorded: dict[str, str | None] | None = None,
-                 threads: int | None = None) -> None:
-        import onnxruntime as ort
-        folder = Path(folder)
-        self.sha256 = verify_artifact(folder, recorded)
-        self.info = json.loads((folder / EXPORT_JSON).read_text())
-        self.path = folder / self.info["file"]
-        settings = self.info.get("session", {})
-        self.session = ort.InferenceSession(str(self.path), session_options(settings, threads),
-                                            providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.size, self.channels = int(self.info["image_size"]), int(self.info["in_channels"])
-
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """N x C x S x S normalised input -> N x S x S lesion probability (first output channel)."""
-        return sigmoid(self.logits(batch)[:, 0])
 
 
 def demo_image(height: int = 288, width: int = 352, seed: int = 7) -> np.ndarray:

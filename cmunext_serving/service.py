@@ -6,7 +6,8 @@ Two services, served together by `bentoml serve`:
   `cmunext.predict.Predictor` does, and turns probabilities into masks, numbers and overlays.
   POST /segment (mask PNG, 0/255, at the input's size), POST /segment_json, POST /overlay (PNG);
   GET / is a web page; BentoML's /healthz /livez /readyz /metrics stay.
-- `SegmentationModel`: ONNX Runtime over the exported artifact, with adaptive batching
+- `SegmentationModel`: the exported artifact in the runtime and precision the evaluate step chose (ONNX
+  Runtime or OpenVINO; fp32, bf16 or int8: engines.py), with adaptive batching
   (`infer` is batchable: concurrent requests are run as one batch; the batch sizes are in /metrics as
   `bentoml_service_adaptive_batch_size` and `cmunext_inference_batch_size`).
 
@@ -16,7 +17,8 @@ artifact's sha256 differs from the one recorded when it was packaged.
 
 Settings (environment): CMUNEXT_API_TOKEN (bearer token; unset = no auth; health endpoints and the
 page stay open), CMUNEXT_REQUIRE_AUTH (true: refuse to start without a token of 16+ characters), CMUNEXT_MAX_UPLOAD_BYTES (default 20 MiB), CMUNEXT_MAX_PIXELS (default 25 M),
-CMUNEXT_MAX_BATCH (default 8), CMUNEXT_ORT_THREADS (default: as exported), CMUNEXT_CPU_THREADS
+CMUNEXT_MAX_BATCH (default 8), CMUNEXT_THREADS (inference threads, default: as exported),
+CMUNEXT_CPU_BF16=0 (serve the fp32 fallback even where the CPU has bf16), CMUNEXT_CPU_THREADS
 (decoding and drawing threads of the front, default 4).
 
 No torch here: the serving image has none.
@@ -40,9 +42,22 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from .engines import ServedModel
 from .guard import RequestGuard, api_token
-from .runtime import (THRESHOLD, DataError, OnnxModel, TooLarge, UnsupportedImage, decode_image, demo_image,
-                      mask_summary, overlay, png_bytes, preprocess, resize_back, verify_artifact)
+from .runtime import (
+    THRESHOLD,
+    DataError,
+    TooLarge,
+    UnsupportedImage,
+    decode_image,
+    demo_image,
+    mask_summary,
+    overlay,
+    png_bytes,
+    preprocess,
+    resize_back,
+    verify_artifact,
+)
 from .ui import PAGE
 
 log = logging.getLogger("cmunext.serving")
@@ -97,12 +112,20 @@ class SegmentationModel:
 
     def __init__(self) -> None:
         stored = self.bento_model
-        threads = int(os.environ.get("CMUNEXT_ORT_THREADS", "0")) or None
-        self.runtime = OnnxModel(stored.path, records(stored), threads=threads)
+        threads = int(os.environ.get("CMUNEXT_THREADS") or "0") or None
+        self.runtime = ServedModel(stored.path, records(stored), threads=threads)
         self.batch_sizes = bentoml.metrics.Histogram(
-            name="cmunext_inference_batch_size", documentation="images per ONNX Runtime call",
+            name="cmunext_inference_batch_size", documentation="images per inference call",
             buckets=tuple(float(2 ** i) for i in range(8)))
-        log.info("serving %s (%s, sha256 %s)", stored.tag, self.runtime.info["format"], self.runtime.sha256[:12])
+        ran = self.runtime.describe()
+        print(f"cmunext.serving: model {stored.tag} runs in {ran['runtime']} at {ran['precision']}"
+              + (f" instead of {ran['requested']}: {ran['fallback_reason']}" if ran["fallback_reason"] else "")
+              + f" (sha256 {self.runtime.sha256[:12]})", file=sys.stderr, flush=True)
+
+    @bentoml.api
+    def describe(self) -> dict:
+        """The runtime and precision in use, and why it is not the recorded one when it fell back."""
+        return self.runtime.describe()
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=60_000)
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -138,6 +161,7 @@ class Segmenter:
         self.size, self.channels = int(meta["image_size"]), int(meta["in_channels"])
         self.card = model_card(stored)
         self._limiter: anyio.CapacityLimiter | None = None
+        self._ran: dict | None = None  # the model service's runtime and precision, asked once
 
     def _prepare(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         image = decode_image(Path(path).read_bytes(), MAX_PIXELS)
@@ -196,7 +220,9 @@ class Segmenter:
         if isinstance(out, Response):
             return out
         summary, timing = out
-        return {**summary, "threshold": SERVED_THRESHOLD, "model": self.card, "latency_ms": timing}
+        if self._ran is None:
+            self._ran = await self.model.to_async.describe()
+        return {**summary, "threshold": SERVED_THRESHOLD, "model": {**self.card, **self._ran}, "latency_ms": timing}
 
     @bentoml.api(route="/overlay")
     async def overlay(self, image: Path) -> PILImage.Image:
