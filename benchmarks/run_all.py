@@ -103,9 +103,10 @@ def render() -> str:
     p = _load("pipeline")
     if p:
         steps = ", ".join(f"{k} {v:.0f}" for k, v in p["steps_s"].items())
+        validation = f" (validation {p['train_validation_s']:.0f} s of it)" if "train_validation_s" in p else ""
         cached = (f"; fully cached re-run {p['cached_rerun_s']:.0f} s" if "cached_rerun_s" in p else "")
         rows.append(f"| demo pipeline ({p['config']}) | first run {p['first_run_s']:.0f} s: {steps} s | "
-                    f"train compute {p['train_compute_s']:.0f} s + evaluate {p['evaluate_s']:.0f} s; overhead "
+                    f"train compute {p['train_compute_s']:.0f} s{validation} + evaluate {p['evaluate_s']:.0f} s; overhead "
                     f"{p['overhead_s']:.0f} s ({100 * p['overhead_share']:.0f}%); re-run after promotion "
                     f"{p['rerun_after_promotion_s']:.0f} s{cached} | "
                     f"{p['rerun_after_promotion_s'] / p['first_run_s']:.2f}× |")

@@ -190,7 +190,9 @@ def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: boo
         seen += n_images
         metrics = {"epoch": epoch + 1, "train_loss": total_loss / max(n_images, 1), "lr": lr,
                    "epoch_seconds": epoch_seconds, "train_images_per_second": n_images * world / epoch_seconds}
+        t_val = time.perf_counter()
         metrics.update(validate(model, val_loader, device, cfg.eval.threshold, loss_fn))
+        metrics["val_seconds"] = time.perf_counter() - t_val
         if metrics["val_iou"] > best_iou:
             best_iou, best_epoch = metrics["val_iou"], epoch + 1
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
