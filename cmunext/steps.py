@@ -400,6 +400,7 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
     declared output), shipped as it is, so the gate's latency is the served one's. The .bento archive goes to
     OUT_DIR (the step's output artifact) and to the bento store (registry.bento_store), whose URI and sha256
     are recorded on the version with the bento's tag."""
+    from cmunext_serving.engines import serving_record
     from cmunext_serving.fingerprint import sha256_file
 
     from .serving import store
@@ -413,11 +414,18 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
     out_dir.mkdir(parents=True, exist_ok=True)
     archive = out_dir / "bento.bento"
     tags = registry.version_tags(name, str(version))
-    if tags.get("bento_uri") and archive.exists() and sha256_file(archive) == tags.get("bento_sha256"):
-        previous = json.loads((out_dir / "bento.json").read_text()) if (out_dir / "bento.json").exists() else {}
-        return PackageResult.model_validate({**previous, "bento_tag": tags["bento_tag"], "archive": str(archive),
-                                             "bento_uri": tags["bento_uri"], "bento_sha256": tags["bento_sha256"],
-                                             "reused": True})  # a re-run: built and stored already
+    artifact = json.loads((Path(exported) / "export.json").read_text())
+    record = serving_record(artifact)
+    form = f"{record['runtime']}/{record['precision']}"
+    if (tags.get("bento_uri") and tags.get("artifact_sha256") == artifact["sha256"]
+            and tags.get("serving_form") == form):  # a re-run of this version with the same artifact and form:
+        if not (archive.exists() and sha256_file(archive) == tags["bento_sha256"]):  # the stored bento is it
+            store.download(tags["bento_uri"], tags["bento_sha256"], archive)
+        return PackageResult.model_validate({
+            "bento_tag": tags["bento_tag"], "archive": str(archive), "bento_uri": tags["bento_uri"],
+            "bento_sha256": tags["bento_sha256"], "sha256": artifact["sha256"], "format": artifact["format"],
+            "runtime": record["runtime"], "precision": record["precision"], "fallback": record["fallback"],
+            "reused": True})
     metrics = {k: v.value for k, v in ev.metrics.items()}
     metrics["latency_p95_ms"] = ev.latency.p95_ms
     built = package_model(weights, model_name=name, model_version=str(version), run_id=run_id,
@@ -427,6 +435,7 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
     digest = store.put(archive, uri)
     registry.tag_version(name, str(version), {"bento_tag": built["bento_tag"], "bento_uri": uri,
                                               "bento_sha256": digest, "bento_archive": str(archive),
+                                              "artifact_sha256": built["sha256"],
                                               "serving_form": f"{built['runtime']}/{built['precision']}"})
     result = PackageResult.model_validate({**built, "archive": str(archive), "bento_uri": uri, "bento_sha256": digest})
     (out_dir / "bento.json").write_text(result.model_dump_json(indent=1))

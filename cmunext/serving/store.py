@@ -77,24 +77,30 @@ def put(archive: str | Path, uri: str) -> str:
     return digest
 
 
+def download(uri: str, sha256: str, dest: str | Path) -> Path:
+    """Copy URI to DEST and check it is the archive recorded (SHA256); DEST is removed when it is not."""
+    dest = Path(dest)
+    try:
+        if uri.startswith("s3://"):
+            client, bucket, key = _s3(uri)
+            client.download_file(bucket, key, str(dest))
+        else:
+            shutil.copyfile(uri, dest)
+    except Exception as exc:
+        raise _failure("read the bento archive", uri, exc) from exc
+    found = sha256_file(dest)
+    if found != sha256:
+        dest.unlink()
+        raise BentoStoreError(f"{uri} is not the archive the package step recorded (sha256 {found[:12]}…, "
+                              f"recorded {sha256[:12]}…): refusing to serve it")
+    return dest
+
+
 def fetch(uri: str, sha256: str, home: str | Path) -> str:
     """Download URI, check it is the archive recorded (SHA256) and import it into the BentoML store at HOME;
     returns the bento's tag."""
     with tempfile.TemporaryDirectory(prefix="cmunext-bento-fetch-") as tmp:
-        local = Path(tmp) / Path(uri).name
-        try:
-            if uri.startswith("s3://"):
-                client, bucket, key = _s3(uri)
-                client.download_file(bucket, key, str(local))
-            else:
-                shutil.copyfile(uri, local)
-        except Exception as exc:
-            raise _failure("read the bento archive", uri, exc) from exc
-        found = sha256_file(local)
-        if found != sha256:
-            raise BentoStoreError(f"{uri} is not the archive the package step recorded (sha256 {found[:12]}…, "
-                                  f"recorded {sha256[:12]}…): refusing to serve it")
-        return import_archive(local, home, uri)
+        return import_archive(download(uri, sha256, Path(tmp) / Path(uri).name), home, uri)
 
 
 def import_archive(archive: str | Path, home: str | Path, name: str | None = None) -> str:
