@@ -33,19 +33,19 @@ from cmunext_serving.runtime import (
     sigmoid,
 )
 
+from ..config import SERVING_FORMS
+
 log = logging.getLogger(__name__)
 
-FORMS = ("onnxruntime/fp32", "openvino/fp32", "openvino/bf16", "openvino/int8")
+FORMS = SERVING_FORMS
 MAX_IOU_DROP = 0.005  # 0.5 IoU points
 
 
 def quantize_int8(fp32_onnx: str | Path, calibration: list[np.ndarray], out: str | Path) -> Path:
     """NNCF post-training int8 quantisation of an ONNX graph (QDQ pairs, which OpenVINO runs as int8)."""
-    import logging as _logging
-
     import nncf
     import onnx
-    _logging.getLogger("nncf").setLevel(_logging.WARNING)  # its progress bars go to the log otherwise
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # it logs each calibration stage at INFO
     model = onnx.load(str(fp32_onnx))
     name = model.graph.input[0].name
     quantized = nncf.quantize(model, nncf.Dataset(calibration, lambda x: {name: x}), subset_size=len(calibration))
