@@ -3,7 +3,8 @@
 
 It waits for /readyz, sends canary images from the test split, and passes only when the bento runs the runtime
 and precision the evaluated artifact runs in here, every served mask equals the mask that artifact gives in this
-process (at most MASK_TOLERANCE of the pixels may differ), and the served p95 latency over HTTP meets the latency gate. A server that does not start, a wrong mask or a
+process (at most MASK_TOLERANCE of the pixels may differ), and the served p95 latency over HTTP meets the
+latency gate. A server that does not start, a wrong mask or a
 slow server is a failure whose reasons the pipeline records as a rejection.
 """
 from __future__ import annotations

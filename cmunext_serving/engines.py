@@ -61,7 +61,8 @@ def _openvino(path: Path, precision: str, threads: int | None):
 
     def run(batch):
         with lock:  # one infer request, not thread-safe; 2 cores gain nothing from parallel requests anyway
-            return np.array(request.infer({0: batch})[0], copy=True)
+            # the input stays ours for the call (held by the caller); the outputs come back as copies
+            return request.infer({0: batch}, share_inputs=True)[0]
     return run
 
 

@@ -139,16 +139,14 @@ def fastest_form(artifact: Path, runs: int, serve: tuple[str, ...] = ("onnxrunti
                                                                       "openvino/bf16")) -> dict:
     """Time SERVE for ARTIFACT (an export folder) at batch 1 and record the fastest in its export.json."""
     from .export import _interleaved_medians
-    from .precision import open_forms, record_form
+    from .precision import fastest, open_forms, record_form
 
     info = json.loads((artifact / "export.json").read_text())
     runners, _, unavailable = open_forms(artifact / info["file"], serve, info["session"], info["threads"], [], artifact)
     x = np.random.default_rng(1).standard_normal((1, info["in_channels"], info["image_size"], info["image_size"]),
                                                  dtype=np.float32)
     ms = _interleaved_medians(runners, x, runs)
-    form = min(ms, key=ms.get)
-    fp32 = {f: v for f, v in ms.items() if f.endswith("/fp32")}
-    fallback = min(fp32, key=fp32.get) if form.endswith("/bf16") and fp32 else None
+    form, fallback = fastest(ms)
     record_form(artifact, form, fallback, {"chosen": form, "by": "speed alone (benchmark, random weights)",
                                            "ms_b1": {f: round(v, 2) for f, v in ms.items()}, "unavailable": unavailable})
     return {"form": form, "ms_b1": {f: round(v, 2) for f, v in ms.items()}}

@@ -2,7 +2,8 @@
 
 The bento holds the torch-free serving package `cmunext_serving` whole, exact pins of its packages taken from
 this environment (the inference runtimes only where the artifact's runtime or its fallback needs them), and
-build arguments naming the model and its sha256, so the bento always serves the model it was built with. Stores live in $BENTOML_HOME, by default <state folder>/bentoml.
+build arguments naming the model and its sha256, so the bento always serves the model it was built with.
+Stores live in $BENTOML_HOME, by default <state folder>/bentoml.
 """
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ BENTO_NAME = "cmunext-service"
 BUNDLE = "cmunext_serving"         # the torch-free serving package, included whole
 SERVICE = f"{BUNDLE}.service:Segmenter"
 SERVING_PACKAGES = ("numpy", "pillow", "opencv-python-headless")
-RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
 class ExportError(CmunextError, RuntimeError):
@@ -85,7 +85,7 @@ def serving_requirements(runtimes: tuple[str, ...] = ("onnxruntime",)) -> list[s
     """Exact pins of the serving image's packages, as installed here (no torch, no CUDA wheels): the image
     libraries and the packages of RUNTIMES."""
     pins = []
-    for name in (*SERVING_PACKAGES, *(RUNTIME_PACKAGES[r] for r in dict.fromkeys(runtimes))):
+    for name in (*SERVING_PACKAGES, *dict.fromkeys(runtimes)):  # a runtime's name is its package's
         candidates = [name] if name != "opencv-python-headless" else [name, "opencv-python", "opencv-contrib-python-headless"]
         for dist in candidates:
             try:

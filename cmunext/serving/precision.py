@@ -97,13 +97,18 @@ def decide(table: dict[str, dict], max_iou_drop: float) -> tuple[str, str | None
     eligible = {f: t for f, t in table.items() if t.get("within_budget")}
     if not eligible:
         raise ValueError(f"no serving form is within the IoU budget of {100 * max_iou_drop:.2f} points: {table}")
-    choice = min(eligible, key=lambda f: eligible[f]["ms_b1"])
+    choice, fallback = fastest({f: t["ms_b1"] for f, t in eligible.items()})
     for form, row in eligible.items():
         if form != choice:
             row["reason"] = f"slower than {choice} ({row['ms_b1']:.1f} vs {table[choice]['ms_b1']:.1f} ms)"
-    fp32 = {f: t for f, t in eligible.items() if f.endswith("/fp32")}
-    fallback = min(fp32, key=lambda f: fp32[f]["ms_b1"]) if choice.endswith("/bf16") and fp32 else None
     return choice, fallback
+
+
+def fastest(ms: dict[str, float]) -> tuple[str, str | None]:
+    """The fastest form of MS ({form: ms}) and, for a bf16 one, the fastest fp32 form as its fallback."""
+    choice = min(ms, key=ms.get)
+    fp32 = {f: v for f, v in ms.items() if f.endswith("/fp32")}
+    return choice, (min(fp32, key=fp32.get) if choice.endswith("/bf16") and fp32 else None)
 
 
 def record_form(folder: Path, form: str, fallback: str | None, decision: dict) -> None:
