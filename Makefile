@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= cpu
 STAMP  := $(VENV)/.installed-$(TORCH)
 export BENTOML_DO_NOT_TRACK := True
+export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
@@ -66,7 +67,7 @@ test: install browser containers
 test-fast: install browser
 	$(BIN)/python -m pytest -m "not slow"
 
-# A few minutes; results in benchmarks/out/ (results.md is the README's table). bench-full: about an hour.
+# A few minutes; results in benchmarks/out/ (results.md: the table docs/results.md quotes) and plots in docs/results/. bench-full: about an hour.
 bench: install
 	$(BIN)/python benchmarks/run_all.py
 

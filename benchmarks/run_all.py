@@ -1,8 +1,9 @@
-"""Run the benchmarks and render their results as the README's table (`make bench`).
+"""Run the benchmarks, render their results as a table and draw their plots into docs/results/ (`make bench`).
 
 Quick (default, a few minutes on 2 CPU cores): inference for CMUNeXt-S and CMUNeXt at batch 1 and 8,
 training throughput for CMUNeXt-S, serving for CMUNeXt-S, data scale at 500 images.
---full: every variant, the demo pipeline per step, data scale at 500 / 5,000 / 20,000 images (about
+--full: every variant, the demo pipeline per step, BUSI through the pipeline (where ../shared/datasets/busi
+is), data scale at 500 / 5,000 / 20,000 images (about
 an hour). --busi WEIGHTS DATA SPLITS adds every serving form of a BUSI-trained model
 scored on its test split (benchmarks/precision_forms.py). Results go to benchmarks/out/ (JSON per benchmark, results.md); nothing is asserted.
 """
@@ -36,6 +37,8 @@ def runs(full: bool, busi: list[str] | None = None) -> list[tuple[str, list[str]
                                   "--json", str(OUT / "serving.json")]))
     if full:
         out.append(("pipeline", py + [str(HERE / "pipeline_steps.py"), "--json", str(OUT / "pipeline.json")]))
+    if full and (HERE.parents[1] / "shared" / "datasets" / "busi").is_dir():  # BUSI through the pipeline, 15 min
+        out.append(("busi", py + [str(HERE / "busi.py"), "--json", str(OUT / "busi.json")]))
     if busi:
         out.append(("precision_forms", py + [str(HERE / "precision_forms.py"), "--weights", busi[0], "--data", busi[1],
                                              "--splits", busi[2], "--json", str(OUT / "precision_forms.json")]))
@@ -136,6 +139,8 @@ def main() -> None:
     table = f"Machine: {machine()}.\n\n{render()}\n"
     (OUT / "results.md").write_text(table)
     print(table)
+    import plots  # beside this file; draws what the JSON files above hold
+    plots.main(["--out", str(OUT)])
 
 
 if __name__ == "__main__":

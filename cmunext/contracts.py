@@ -96,3 +96,13 @@ class InfraValidation(_Contract):
     latency_ms: dict | None = None
     ready_s: float | None = None
     served: dict | None = None  # the runtime and precision the booted bento reported
+
+
+class Promotion(_Contract):
+    """The promote step's outcome (cmunext.steps.promote): a stale refusal is an outcome, not a failure."""
+    event: Literal["promoted", "already_registered", "stale"]
+    model: str
+    version: str
+    reason: str = ""
+    champion: str | None = None   # the champion once the step ended (for "stale": the one that moved in)
+    replaced: str | None = None   # the champion this promotion replaced

@@ -18,8 +18,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: both are imported where used, when a bento is checked
+    import requests
+    from cmunext_serving.engines import ServedModel
 
 CANARY_IMAGES = 8
 LATENCY_REQUESTS = 20
@@ -92,18 +97,93 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> float:
         time.sleep(0.5)
 
 
+def _upload(url: str, route: str, path: Path, data: bytes, auth: dict[str, str]) -> requests.Response:
+    """POST DATA as the `image` file of ROUTE, authenticated as the Deployment's clients are."""
+    import requests
+
+    return requests.post(f"{url}{route}", files={"image": (path.name, data)}, headers=auth, timeout=120)
+
+
+def _evaluated_mask(model: ServedModel, data: bytes, name: str, threshold: float) -> np.ndarray:
+    """The mask the evaluated artifact gives for DATA in this process: the reference the served mask must equal."""
+    from cmunext_serving.runtime import decode_image, preprocess, resize_back
+
+    image = decode_image(data, 10**9, name)
+    prob = resize_back(model.probabilities(preprocess(image, model.size, model.channels)[None])[0],
+                       image.shape[0], image.shape[1])
+    return prob > threshold
+
+
+def _check_masks(url: str, auth: dict[str, str], images: dict[str, Path], model: ServedModel, threshold: float,
+                 result: dict) -> None:
+    """Each canary's served mask against the evaluated artifact's; records the share of pixels that differ."""
+    import io
+
+    from PIL import Image
+
+    for stem, path in images.items():
+        data = path.read_bytes()
+        r = _upload(url, "/segment", path, data, auth)
+        if r.status_code != 200:
+            result["reasons"].append(f"{stem}: /segment answered {r.status_code}: {r.text[:200]}")
+            continue
+        served = np.asarray(Image.open(io.BytesIO(r.content))) == 255
+        expected = _evaluated_mask(model, data, path.name, threshold)
+        differ = float(np.mean(served != expected)) if served.shape == expected.shape else 1.0
+        result.setdefault("mask_differences", {})[stem] = round(differ, 6)
+        if differ > MASK_TOLERANCE:
+            result["reasons"].append(f"{stem}: {differ:.2%} of the served mask differs from the evaluated "
+                                     f"artifact's (tolerance {MASK_TOLERANCE:.1%})")
+
+
+def _check_served_form(url: str, auth: dict[str, str], first: Path, model: ServedModel, result: dict) -> None:
+    """The runtime and precision the bento serves in must be the ones the evaluated artifact was judged in."""
+    served_form = _upload(url, "/segment_json", first, first.read_bytes(), auth).json().get("model", {})
+    result["served"] = {k: served_form.get(k) for k in ("runtime", "precision", "fallback_reason")}
+    expected = model.describe()
+    if (served_form.get("runtime"), served_form.get("precision")) != (expected["runtime"], expected["precision"]):
+        result["reasons"].append(f"the bento serves {served_form.get('runtime')}/{served_form.get('precision')}"
+                                 f", not the evaluated {expected['runtime']}/{expected['precision']}")
+
+
+def _check_latency(url: str, auth: dict[str, str], images: dict[str, Path], canaries: list[str],
+                   max_latency_ms: float, result: dict) -> None:
+    """Served p95 latency over HTTP (LATENCY_REQUESTS uploads, cycling through the canaries) against the gate."""
+    times = []
+    for i in range(LATENCY_REQUESTS):
+        path = images[canaries[i % len(canaries)]]
+        t0 = time.perf_counter()
+        _upload(url, "/segment", path, path.read_bytes(), auth).raise_for_status()
+        times.append((time.perf_counter() - t0) * 1000)
+    p95 = float(np.percentile(times, 95))
+    result["latency_ms"] = {"p50": round(float(np.median(times)), 1), "p95": round(p95, 1)}
+    if p95 > max_latency_ms:
+        result["reasons"].append(f"served p95 latency {p95:.0f} ms over HTTP exceeds the gate's "
+                                 f"{max_latency_ms:.0f} ms")
+
+
+def _check_server(url: str, proc: subprocess.Popen, log: Path, token: str, model: ServedModel, data_dir: Path,
+                  canaries: list[str], threshold: float, max_latency_ms: float, result: dict) -> None:
+    """Wait for the booted server, then run every check; a server that fails or stops answering is a reason."""
+    import requests
+
+    from .data.layout import find_file
+
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        result["ready_s"] = round(_wait_ready(url, proc, log), 1)
+        images = {s: find_file(data_dir / "images", s) for s in canaries}
+        _check_masks(url, auth, images, model, threshold, result)
+        _check_served_form(url, auth, images[canaries[0]], model, result)
+        _check_latency(url, auth, images, canaries, max_latency_ms, result)
+    except (RuntimeError, requests.RequestException) as exc:
+        result["reasons"].append(str(exc))
+
+
 def validate_bento(archive: str | Path, artifact: str | Path, data_dir: str | Path, stems: list[str],
                    max_latency_ms: float, out_dir: str | Path, threshold: float = 0.5) -> dict:
     """Boot ARCHIVE and check it against ARTIFACT (the evaluated serving artifact) on the canary STEMS."""
-    import io
-
-    import requests
-    from PIL import Image
-
     from cmunext_serving.engines import ServedModel
-    from cmunext_serving.runtime import decode_image, preprocess, resize_back
-
-    from .data.layout import find_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +195,6 @@ def validate_bento(archive: str | Path, artifact: str | Path, data_dir: str | Pa
     url = f"http://127.0.0.1:{port}"
     log = out_dir / "server.log"
     token = secrets.token_urlsafe(24)
-    auth = {"Authorization": f"Bearer {token}"}
     with tempfile.TemporaryDirectory(prefix="cmunext-infra-validate-") as home:
         try:
             proc, tag = _boot(Path(archive), Path(home), port, log, token)
@@ -124,45 +203,7 @@ def validate_bento(archive: str | Path, artifact: str | Path, data_dir: str | Pa
             return result
         result["bento_tag"] = tag
         try:
-            result["ready_s"] = round(_wait_ready(url, proc, log), 1)
-            images = {s: find_file(Path(data_dir) / "images", s) for s in canaries}
-            for stem, path in images.items():
-                data = path.read_bytes()
-                r = requests.post(f"{url}/segment", files={"image": (path.name, data)}, headers=auth, timeout=120)
-                if r.status_code != 200:
-                    result["reasons"].append(f"{stem}: /segment answered {r.status_code}: {r.text[:200]}")
-                    continue
-                served = np.asarray(Image.open(io.BytesIO(r.content))) == 255
-                image = decode_image(data, 10**9, path.name)
-                prob = resize_back(model.probabilities(preprocess(image, model.size, model.channels)[None])[0],
-                                   image.shape[0], image.shape[1])
-                differ = float(np.mean(served != (prob > threshold))) if served.shape == prob.shape else 1.0
-                result.setdefault("mask_differences", {})[stem] = round(differ, 6)
-                if differ > MASK_TOLERANCE:
-                    result["reasons"].append(f"{stem}: {differ:.2%} of the served mask differs from the evaluated "
-                                             f"artifact's (tolerance {MASK_TOLERANCE:.1%})")
-            first = images[canaries[0]]
-            served_form = requests.post(f"{url}/segment_json", files={"image": (first.name, first.read_bytes())},
-                                        headers=auth, timeout=120).json().get("model", {})
-            result["served"] = {k: served_form.get(k) for k in ("runtime", "precision", "fallback_reason")}
-            expected = model.describe()
-            if (served_form.get("runtime"), served_form.get("precision")) != (expected["runtime"], expected["precision"]):
-                result["reasons"].append(f"the bento serves {served_form.get('runtime')}/{served_form.get('precision')}"
-                                         f", not the evaluated {expected['runtime']}/{expected['precision']}")
-            times = []
-            for i in range(LATENCY_REQUESTS):
-                path = images[canaries[i % len(canaries)]]
-                t0 = time.perf_counter()
-                requests.post(f"{url}/segment", files={"image": (path.name, path.read_bytes())}, headers=auth,
-                              timeout=120).raise_for_status()
-                times.append((time.perf_counter() - t0) * 1000)
-            p95 = float(np.percentile(times, 95))
-            result["latency_ms"] = {"p50": round(float(np.median(times)), 1), "p95": round(p95, 1)}
-            if p95 > max_latency_ms:
-                result["reasons"].append(f"served p95 latency {p95:.0f} ms over HTTP exceeds the gate's "
-                                         f"{max_latency_ms:.0f} ms")
-        except (RuntimeError, requests.RequestException) as exc:
-            result["reasons"].append(str(exc))
+            _check_server(url, proc, log, token, model, Path(data_dir), canaries, threshold, max_latency_ms, result)
         finally:
             _stop(proc)
     result["passed"] = not result["reasons"]

@@ -43,7 +43,8 @@ def measure_data(cfg: RunConfig, project_root: str | Path) -> str:
 
 
 def decide(cfg: RunConfig, data_md5: str, code: str | None = None, now: float | None = None) -> dict:
-    """{"decision": "train" | "skip", "reasons": [...], "champion_version", "data_md5", "code_digest"}."""
+    """{"decision": "train" | "skip", "reasons": [...], "champion_version", "registry_state", "data_md5",
+    "code_digest"}."""
     import mlflow
 
     from .tracking import mlflow_runs, registry
@@ -52,6 +53,7 @@ def decide(cfg: RunConfig, data_md5: str, code: str | None = None, now: float | 
     code = code or code_digest()
     now = time.time() if now is None else now
     champ = registry.champion(cfg.registry.model_name)
+    last = (registry.history(cfg.registry.model_name) or [{}])[-1]
     reasons: list[str] = []
     if champ is None:
         reasons.append(f"no champion for {cfg.registry.model_name} yet")
@@ -73,6 +75,8 @@ def decide(cfg: RunConfig, data_md5: str, code: str | None = None, now: float | 
                                        f"({data_md5[:12]}) with this code ({code}) and is younger than "
                                        f"{cfg.retrain.max_champion_age_days:g} days"],
                 "champion_version": champ["version"] if champ else "none",
+                # the registry's last event: keys infra-validation's cache, so a re-run after a rejection boots again
+                "registry_state": " ".join(str(last.get(k) or "-") for k in ("at", "event", "version", "run_id")),
                 "data_md5": data_md5, "code_digest": code,
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
     log.info("retrain check: %s (%s)", decision["decision"], "; ".join(decision["reasons"]))

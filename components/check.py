@@ -7,11 +7,11 @@ from .image import COMPONENT_IMAGE
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def check_changes(config_json: str, data_revision: str, data_md5: str, project_root: str, if_changed: bool,
                   measured_md5: dsl.OutputPath(str), champion_version: dsl.OutputPath(str),
-                  report: Output[Markdown]) -> str:
+                  registry_state: dsl.OutputPath(str), report: Output[Markdown]) -> str:
     """Measure the data (unless the runner already did) and read the champion at run time; with
     `if_changed`, return "skip" when the champion was trained on this data with this code and is not
     too old (recorded in MLflow as "nothing to do"), else "train". Never cached: it is what a scheduled
-    run looks at. (The decision is the single return value: kfp.local cannot branch on a NamedTuple field.)"""
+    run looks at. `registry_state` (the registry's last event) keys infra-validation's cache. (The decision is the single return value: kfp.local cannot branch on a NamedTuple field.)"""
     from cmunext.config import RunConfig
     from cmunext.retrain import decide, measure_data, record
 
@@ -31,4 +31,6 @@ def check_changes(config_json: str, data_revision: str, data_md5: str, project_r
         f.write(md5)
     with open(champion_version, "w") as f:
         f.write(result["champion_version"])
+    with open(registry_state, "w") as f:
+        f.write(result["registry_state"])
     return result["decision"]

@@ -21,7 +21,7 @@ from typing import Iterator, TextIO
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 START = re.compile(r"Executing task '([\w-]+)'")
 END = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
-CACHED = re.compile(r"Task ([\w-]+) cache hit")
+CACHED = re.compile(r"Task ([\w-]+) cache hit \(key=(\w+)\)")
 SKIPPED = re.compile(r"Skipping (conditional )?task ([\w-]+)")
 GROUP = re.compile(r"condition-\d+$")  # a dsl.If group, not a step
 EPOCH = re.compile(r"(epoch \d+/\d+: .*)$")
@@ -89,7 +89,7 @@ class RunLog(io.TextIOBase):
                 self._say("      (the step's whole output is in the run's log, named below)")
             self.task = None
         elif m := CACHED.search(line):
-            self.steps.append({"step": m.group(1), "status": "CACHED", "seconds": 0.0})
+            self.steps.append({"step": m.group(1), "status": "CACHED", "seconds": 0.0, "cache_key": m.group(2)})
             self._say(f"  {stamp}  {m.group(1):<16} cached")
         elif (m := SKIPPED.search(line)) and not GROUP.match(m.group(2)):
             why = "its condition is false" if m.group(1) else "an earlier step failed"

@@ -65,6 +65,7 @@ def _run(cfg: RunConfig, caching: bool, if_changed: bool, verbose: bool, runner:
     from cmunext.tracking import mlflow_runs, registry
     from pipelines.progress import captured
     from pipelines.runners import kfp_runner
+    from pipelines.summary import summarize
     from pipelines.training import training_pipeline
 
     if os.environ.get("MLFLOW_TRACKING_URI"):  # a server: refused credentials or permissions stop the run here,
@@ -72,6 +73,7 @@ def _run(cfg: RunConfig, caching: bool, if_changed: bool, verbose: bool, runner:
         access.require_pipeline(os.environ["MLFLOW_TRACKING_URI"], mlflow_runs.EXPERIMENT, cfg.registry.model_name)
     os.environ["CMUNEXT_HOME"] = str(state_dir())
     os.environ.setdefault("TQDM_DISABLE", "1")  # step logs are captured line by line
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine; no thread per step
     started = time.time()
     source = Path(cfg.data.source)
     root = state_dir() / "kfp"
@@ -99,7 +101,7 @@ def _run(cfg: RunConfig, caching: bool, if_changed: bool, verbose: bool, runner:
                          f"{'unchanged' if _same(before, after) else 'changed'}: "
                          f"{(after or {}).get('version', 'none')}") from None
     after = registry.champion(cfg.registry.model_name)
-    summary = _summary(cfg, data_md5, before, after, time.time() - started, root / "outputs", store)
+    summary = summarize(cfg, data_md5, before, after, time.time() - started, root, store, progress.steps)
     summary["log"] = str(_keep_log(pending, root / "outputs"))
     summary["steps"] = progress.steps
     summary["runner"] = runner
@@ -113,7 +115,8 @@ def _component_image() -> str:
 
 def _keep_log(pending: Path, outputs: Path) -> Path:
     """The run's log, moved into the run's folder (kfp.local names that folder only once the run starts)."""
-    run_dir = _latest_run_dir(outputs)
+    from pipelines.summary import latest_run_dir
+    run_dir = latest_run_dir(outputs)
     if run_dir is None or not pending.exists():
         return pending
     return pending.replace(run_dir / "pipeline.log")
@@ -125,41 +128,6 @@ def _plain(text: str) -> str:
 
 def _same(a: dict | None, b: dict | None) -> bool:
     return (a or {}).get("version") == (b or {}).get("version")
-
-
-def _latest_run_dir(outputs: Path) -> Path | None:
-    runs = sorted(outputs.glob("cmunext-training-*"), key=lambda p: p.stat().st_mtime)
-    return runs[-1] if runs else None
-
-
-def _summary(cfg, data_md5, before, after, seconds, outputs: Path, store: str) -> dict:
-    from cmunext.contracts import Evaluation, GateDecision, InfraValidation
-
-    def read(pattern: str, contract):
-        found = next(run_dir.glob(pattern), None) if run_dir else None
-        return contract.model_validate_json(found.read_text()) if found else None
-
-    run_dir = _latest_run_dir(outputs)
-    report = next(run_dir.glob("check-changes*/report"), None) if run_dir else None
-    check = report.read_text().splitlines()[0].removeprefix("# Retrain check: ") if report else None
-    evaluation = read("evaluate-model*/evaluation", Evaluation)
-    decision = read("gate-model*/decision", GateDecision)
-    infra = read("infra-validate-model*/validation", InfraValidation)
-    promoted = bool(after) and (not before or after["version"] != before["version"])
-    return {
-        "config": cfg.name, "data_revision": cfg.data.revision, "data_md5": data_md5,
-        "seconds": round(seconds, 1), "retrain_check": check, "promoted": promoted,
-        "champion_before": before and before["version"], "champion_after": after and after["version"],
-        "metrics": evaluation and {k: v.to_dict() for k, v in evaluation.metrics.items()
-                                   if k in ("iou", "dice", "pooled_iou", "hd95")},
-        "latency": evaluation and evaluation.latency.to_dict(), "gate": decision and decision.to_dict(),
-        "infra_validation": infra and infra.model_dump(include={"passed", "summary", "latency_ms", "ready_s"}),
-        "breakdown": evaluation and evaluation.breakdown,
-        "cross_validation": evaluation and evaluation.cross_validation,
-        "mlflow_tracking_uri": store, "outputs": str(run_dir) if run_dir else None,
-        "mlflow_ui": (f"open {store}" if store.startswith(("http://", "https://"))
-                      else f"mlflow ui --backend-store-uri {store} --port 5000"),
-    }
 
 
 def compile_pipeline(out: str | Path, cfg: RunConfig | None = None) -> Path:

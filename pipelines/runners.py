@@ -13,6 +13,10 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cmunext.containers.engine import Engine
 
 RUNNERS = ("subprocess", "container")
 # what a task needs from this process's environment (credentials and endpoints, never baked into images)
@@ -75,6 +79,71 @@ def reliable_exit_codes() -> Iterator[None]:
         docker_task_handler.run_docker_container = original
 
 
+def _bento_store_for(isolated: bool) -> str:
+    """The bento store's root, refused for ISOLATED steps unless every step can reach it."""
+    from cmunext.serving import store
+
+    bento_store = store.root(None)
+    if isolated and not bento_store.startswith("s3://") and not os.environ.get(store.ENV):
+        raise ValueError(f"isolated steps share no disk: set {store.ENV} (or registry.bento_store) to s3://... or "
+                         "to a folder every step mounts")
+    return bento_store
+
+
+def _serve_mlflow_and_engine(stack: ExitStack, engine: Engine, state: Path) -> None:
+    """Point MLFLOW_TRACKING_URI (unless a server is named already) and DOCKER_HOST at servers that live as long as
+    STACK; both variables are restored when it closes."""
+    from cmunext.containers.engine import docker_api
+    from cmunext.tracking.local_server import local_mlflow_server
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "DOCKER_HOST")}
+    stack.callback(_restore, saved)
+    if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
+        os.environ["MLFLOW_TRACKING_URI"] = stack.enter_context(local_mlflow_server(state))
+    os.environ["DOCKER_HOST"] = stack.enter_context(docker_api(engine))
+
+
+def _task_mounts(state: Path, pipeline_root: Path, project_root: Path, read_only: list[Path], isolated: bool,
+                 bento_store: str) -> list:
+    """The tasks' bind mounts, their folders made writable by the image's user; the project and READ_ONLY are
+    mounted read-only."""
+    import docker
+
+    # kfp mounts the pipeline root (its artifact hand-off) itself; isolated tasks get nothing else of this
+    # machine's but a folder bento store, if that is what the store is
+    _make_shared(pipeline_root)
+    if isolated:
+        shared = [Path(bento_store)] if not bento_store.startswith("s3://") else []
+    else:
+        shared = [state]
+    mounts = []
+    for folder in shared:
+        folder.mkdir(parents=True, exist_ok=True)
+        _make_shared(folder)
+        mounts.append(docker.types.Mount(str(folder), str(folder), type="bind"))
+    for folder in {project_root.resolve(), *(p.resolve() for p in read_only)}:
+        mounts.append(docker.types.Mount(str(folder), str(folder), type="bind", read_only=True))
+    return mounts
+
+
+def _task_environment(state: Path, isolated: bool, bento_store: str) -> dict[str, str]:
+    """The environment every task gets: this process's PASSED_ENV_PREFIXES variables and the state to use."""
+    from cmunext.serving import store
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
+    if isolated:
+        env.pop("CMUNEXT_HOME", None)  # each container's own, empty, gone when it ends
+        env.pop("BENTOML_HOME", None)
+        env[store.ENV] = bento_store
+    else:
+        env["CMUNEXT_HOME"] = str(state)
+    env.update(TQDM_DISABLE="1", PYTHONUNBUFFERED="1",
+               # the project is mounted owned by another user: let git (DVC's revisions) read it
+               GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="safe.directory", GIT_CONFIG_VALUE_0="*")
+    env.pop("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", None)
+    return env
+
+
 @contextmanager
 def kfp_runner(kind: str, state: Path, pipeline_root: Path, project_root: Path,
                read_only: list[Path] = (), isolated: bool = False) -> Iterator[object]:
@@ -88,52 +157,19 @@ def kfp_runner(kind: str, state: Path, pipeline_root: Path, project_root: Path,
         return
     if kind != "container":
         raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {kind!r}")
-    from cmunext.serving import store
-    bento_store = store.root(None)
-    if isolated and not bento_store.startswith("s3://") and not os.environ.get(store.ENV):
-        raise ValueError(f"isolated steps share no disk: set {store.ENV} (or registry.bento_store) to s3://... or "
-                         "to a folder every step mounts")
-    import docker
+    bento_store = _bento_store_for(isolated)
 
-    from cmunext.containers.engine import docker_api, find_engine
+    from cmunext.containers.engine import find_engine
     from cmunext.containers.images import component_image
-    from cmunext.tracking.local_server import local_mlflow_server
 
     engine = find_engine()
     engine.require_image(component_image(), "build it with `make images` (or set CMUNEXT_COMPONENT_IMAGE)")
     with ExitStack() as stack:
-        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "DOCKER_HOST")}
-        stack.callback(_restore, saved)
-        if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
-            os.environ["MLFLOW_TRACKING_URI"] = stack.enter_context(local_mlflow_server(state))
-        os.environ["DOCKER_HOST"] = stack.enter_context(docker_api(engine))
+        _serve_mlflow_and_engine(stack, engine, state)
         pipeline_root.mkdir(parents=True, exist_ok=True)
         stack.enter_context(reliable_exit_codes())
         old_umask = os.umask(0)  # folders kfp.local makes for the tasks must be writable by the image's user
         stack.callback(os.umask, old_umask)
-        # kfp mounts the pipeline root (its artifact hand-off) itself; isolated tasks get nothing else of this
-        # machine's but a folder bento store, if that is what the store is
-        _make_shared(pipeline_root)
-        if isolated:
-            shared = [Path(bento_store)] if not bento_store.startswith("s3://") else []
-        else:
-            shared = [state]
-        mounts = []
-        for folder in shared:
-            folder.mkdir(parents=True, exist_ok=True)
-            _make_shared(folder)
-            mounts.append(docker.types.Mount(str(folder), str(folder), type="bind"))
-        for folder in {project_root.resolve(), *(p.resolve() for p in read_only)}:
-            mounts.append(docker.types.Mount(str(folder), str(folder), type="bind", read_only=True))
-        env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
-        if isolated:
-            env.pop("CMUNEXT_HOME", None)  # each container's own, empty, gone when it ends
-            env.pop("BENTOML_HOME", None)
-            env[store.ENV] = bento_store
-        else:
-            env["CMUNEXT_HOME"] = str(state)
-        env.update(TQDM_DISABLE="1", PYTHONUNBUFFERED="1",
-                   # the project is mounted owned by another user: let git (DVC's revisions) read it
-                   GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="safe.directory", GIT_CONFIG_VALUE_0="*")
-        env.pop("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", None)
+        mounts = _task_mounts(state, pipeline_root, project_root, read_only, isolated, bento_store)
+        env = _task_environment(state, isolated, bento_store)
         yield local.DockerRunner(network_mode="host", environment=env, mounts=mounts)

@@ -407,15 +407,15 @@ def test_interrupted_promotion_is_finished_by_the_rerun_and_never_repeated(tmp_p
     monkeypatch.setattr(registry, "promote", real_promote)
     assert register(cfg, decision(None), evaluation, run1, uri1, "rev") == "1"  # the re-run finds it, registers nothing
     done = promote(cfg, decision(None), "1", run1, validation)
-    assert done["event"] == "promoted" and done["version"] == "1" and registry.champion(name)["version"] == "1"
-    assert promote(cfg, decision(None), "1", run1, validation)["event"] == "already_registered"
+    assert done.event == "promoted" and done.version == "1" and registry.champion(name)["version"] == "1"
+    assert promote(cfg, decision(None), "1", run1, validation).event == "already_registered"
 
     run2, uri2 = trained_run()  # v2 promoted, then rolled back: re-running v2's promotion must not bring it back
     assert register(cfg, decision("1"), evaluation, run2, uri2, "rev") == "2"
-    assert promote(cfg, decision("1"), "2", run2, validation)["version"] == "2"
+    assert promote(cfg, decision("1"), "2", run2, validation).version == "2"
     registry.rollback(name, "bad model")
     assert register(cfg, decision("1"), evaluation, run2, uri2, "rev") == "2"
-    assert promote(cfg, decision("1"), "2", run2, validation)["event"] == "already_registered"
+    assert promote(cfg, decision("1"), "2", run2, validation).event == "already_registered"
     assert registry.champion(name)["version"] == "1"
     versions = mlflow.MlflowClient().search_model_versions(f"name='{name}'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]

@@ -60,15 +60,14 @@ print(json.dumps(out))
 PROMOTER = """
 import json, sys, time
 from cmunext.config import load_config
-from cmunext.steps import StepFailed, promote
+from cmunext.steps import promote
 cfg = load_config(sys.argv[1], ["registry.model_name=" + sys.argv[2]])
 version, run_id, start = sys.argv[3], sys.argv[4], float(sys.argv[5])
 decision = {"decision": "promote", "reasons": [], "checks": [{"message": "ok"}], "champion_version": None}
 time.sleep(max(0.0, start - time.time()))  # both gates saw no champion; both start promoting at once
-try:
-    print(json.dumps({"promoted": promote(cfg, decision, version, run_id, {"passed": True, "summary": "ok"})["version"]}))
-except StepFailed as exc:
-    print(json.dumps({"refused": str(exc)}))
+result = promote(cfg, decision, version, run_id, {"passed": True, "summary": "ok"})  # a refusal is an outcome
+print(json.dumps({"promoted": result.version} if result.event == "promoted" else {"refused": result.reason,
+                                                                                 "champion": result.champion}))
 """
 
 
@@ -89,6 +88,7 @@ def test_two_machines_race_and_exactly_one_champion_move(shared):
     refused = [r["refused"] for r in results if "refused" in r]
     assert len(winners) == 1 and len(refused) == 1, results
     assert "champion is now version" in refused[0] and "re-run the pipeline" in refused[0]
+    assert [r["champion"] for r in results if "refused" in r] == winners  # it names the champion that moved in
 
     import mlflow
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])

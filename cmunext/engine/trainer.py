@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from ..config import RunConfig, config_to_dict
+from ..config import RunConfig, TrainConfig, config_to_dict
 from ..data.dataset import ShardDataset
 from ..data.transforms import eval_transform, train_transform
 from ..losses import BCEDiceLoss
@@ -109,13 +109,51 @@ def validate(model, loader, device, threshold: float, loss_fn) -> dict:
     return {"val_loss": sum(losses) / len(loader.dataset), "val_iou": iou, "val_dice": 2 * iou / (1 + iou)}
 
 
-def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-          callbacks: list[Callback] | tuple = (), progress: bool = True) -> TrainResult:
-    """Train on a preprocessed artifact (cmunext.data.preprocess) and write OUT/model.safetensors + metrics.json."""
-    out_dir = Path(out_dir)
-    rank, world, local_rank = _distributed()
-    main = rank == 0
-    tc = cfg.train
+@dataclass
+class _Data:
+    """The two splits and their loaders; the sampler is re-seeded every epoch (`set_epoch`)."""
+    train_ds: ShardDataset
+    val_ds: ShardDataset
+    sampler: DistributedSampler | EpochSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+
+
+@dataclass
+class _Session:
+    """What one `train` call builds once and every epoch then uses."""
+    cfg: RunConfig
+    world: int
+    main: bool  # rank 0: logs, checkpoints, callbacks and the final files
+    device: torch.device
+    data: _Data
+    model: torch.nn.Module  # the bare model: validation, state dicts, the saved weights
+    net: torch.nn.Module  # what the training step runs: `model`, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: torch.nn.Module
+    use_amp: bool
+    amp_dtype: torch.dtype
+
+
+@dataclass
+class _RunState:
+    """Where training stands: what a checkpoint carries (`epoch` is the next one to run), plus this process's
+    throughput counters, which start afresh on resume."""
+    epoch: int = 0
+    iteration: int = 0
+    best_iou: float = -1.0
+    best_epoch: int = -1
+    best_state: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    lr: float | None = None  # the last step's learning rate
+    seen: int = 0
+    step_time: float = 0.0
+    wait_time: float = 0.0
+
+
+def _setup_device(tc: TrainConfig, local_rank: int) -> torch.device:
+    """Threads, the device (this process's own GPU under torchrun) and the seed, before anything draws from it."""
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = resolve_device(tc.device)
@@ -123,8 +161,12 @@ def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: boo
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     torch.manual_seed(tc.seed)
+    return device
 
-    channels = cfg.model.in_channels
+
+def _build_data(cfg: RunConfig, data_dir: str | Path, device: torch.device, rank: int, world: int) -> _Data:
+    """Train (augmented, resumably shuffled or lesion-weighted, sharded under DDP) and val (plain) loaders."""
+    tc, channels = cfg.train, cfg.model.in_channels
     train_ds = ShardDataset(data_dir, "train", train_transform(cfg.data.image_size, channels, cfg.data.augment),
                             channels=channels, seed=tc.seed)
     val_ds = ShardDataset(data_dir, "val", eval_transform(cfg.data.image_size, channels), channels=channels)
@@ -133,8 +175,15 @@ def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: boo
     loader_kw = dict(num_workers=tc.workers, persistent_workers=tc.workers > 0, pin_memory=device.type == "cuda")
     train_loader = DataLoader(train_ds, batch_size=tc.batch_size, sampler=sampler, **loader_kw)
     val_loader = DataLoader(val_ds, batch_size=max(1, tc.batch_size), shuffle=False, **loader_kw)
+    return _Data(train_ds, val_ds, sampler, train_loader, val_loader)
 
-    model = create_model(cfg.model.variant, channels, cfg.model.num_classes).to(device)
+
+def _build_session(cfg: RunConfig, data: _Data, device: torch.device, world: int, local_rank: int,
+                   main: bool) -> _Session:
+    """Model (SyncBatchNorm + DDP when there are several processes), SGD, the loss, and AMP on CUDA:
+    bfloat16 where supported, else float16 with a gradient scaler (a disabled no-op scaler otherwise)."""
+    tc = cfg.train
+    model = create_model(cfg.model.variant, cfg.model.in_channels, cfg.model.num_classes).to(device)
     net = model
     if world > 1:
         if device.type == "cuda":
@@ -145,81 +194,129 @@ def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: boo
     use_amp = tc.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    return _Session(cfg, world, main, device, data, model, net, optimizer, scaler, loss_fn, use_amp, amp_dtype)
 
-    ckpt = CheckpointDir(out_dir / "checkpoints")
-    start_epoch, iteration, best_iou, best_epoch, best_state, history = 0, 0, -1.0, -1, None, []
-    if resume and (state := ckpt.load_latest()) is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, iteration = state["epoch"], state["iteration"]
-        best_iou, best_epoch, best_state, history = state["best_val_iou"], state["best_epoch"], state["best_model"], state["history"]
 
-    max_iter = tc.epochs * len(train_loader)
-    if main:
-        log.info("training %s (%s parameters) on %d images, validating on %d; %d epochs x %d iterations",
-                 cfg.model.variant, f"{count_parameters(model):,}", len(train_ds), len(val_ds), tc.epochs, len(train_loader))
-    seen, step_time, wait_time = 0, 0.0, 0.0
-    for epoch in range(start_epoch, tc.epochs):
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        net.train()
-        total_loss, n_images, t_epoch = 0.0, 0, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False,
-                   disable=not (progress and main), dynamic_ncols=True)
+def _resume_state(ckpt: CheckpointDir, s: _Session) -> _RunState:
+    """Load the latest good checkpoint into the model, optimizer and scaler; a fresh state when there is none."""
+    if (state := ckpt.load_latest()) is None:
+        return _RunState()
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scaler.load_state_dict(state["scaler"])
+    return _RunState(epoch=state["epoch"], iteration=state["iteration"], best_iou=state["best_val_iou"],
+                     best_epoch=state["best_epoch"], best_state=state["best_model"], history=state["history"])
+
+
+def train_step(s: _Session, images: torch.Tensor, masks: torch.Tensor, lr: float) -> torch.Tensor:
+    """One optimizer step on a batch at learning rate LR; returns the batch's loss."""
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    images, masks = images.to(s.device, non_blocking=True), masks.to(s.device, non_blocking=True)
+    with torch.autocast(s.device.type, dtype=s.amp_dtype) if s.use_amp else nullcontext():
+        loss = s.loss_fn(s.net(images).float(), masks)
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scaler.scale(loss).backward()
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    return loss
+
+
+def train_epoch(s: _Session, run: _RunState, epoch: int, max_iter: int, progress: bool) -> dict:
+    """One pass over the training split with the poly learning-rate schedule; returns the epoch's training
+    metrics and adds to RUN's iteration and throughput counters (time waiting for data counted apart)."""
+    tc = s.cfg.train
+    s.data.sampler.set_epoch(epoch)
+    s.data.train_ds.set_epoch(epoch)
+    s.net.train()
+    total_loss, n_images, t_epoch = 0.0, 0, time.perf_counter()
+    bar = tqdm(s.data.train_loader, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False,
+               disable=not (progress and s.main), dynamic_ncols=True)
+    t_wait = time.perf_counter()
+    for images, masks in bar:
+        run.wait_time += time.perf_counter() - t_wait
+        run.lr = tc.lr * (1 - run.iteration / max_iter) ** tc.poly_power
+        loss = train_step(s, images, masks, run.lr)
+        run.iteration += 1
+        total_loss += loss.item() * len(images)
+        n_images += len(images)
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{run.lr:.2e}")
         t_wait = time.perf_counter()
-        for images, masks in bar:
-            wait_time += time.perf_counter() - t_wait
-            lr = tc.lr * (1 - iteration / max_iter) ** tc.poly_power
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext():
-                loss = loss_fn(net(images).float(), masks)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            iteration += 1
-            total_loss += loss.item() * len(images)
-            n_images += len(images)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-            t_wait = time.perf_counter()
-        epoch_seconds = time.perf_counter() - t_epoch
-        step_time += epoch_seconds
-        seen += n_images
-        metrics = {"epoch": epoch + 1, "train_loss": total_loss / max(n_images, 1), "lr": lr,
-                   "epoch_seconds": epoch_seconds, "train_images_per_second": n_images * world / epoch_seconds}
-        t_val = time.perf_counter()
-        metrics.update(validate(model, val_loader, device, cfg.eval.threshold, loss_fn))
-        metrics["val_seconds"] = time.perf_counter() - t_val
-        if metrics["val_iou"] > best_iou:
-            best_iou, best_epoch = metrics["val_iou"], epoch + 1
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        history.append(metrics)
-        if main:
-            log.info("epoch %d/%d: train_loss %.4f val_loss %.4f val_iou %.4f (best %.4f @ %d) %.1f img/s",
-                     epoch + 1, tc.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_iou"],
-                     best_iou, best_epoch, metrics["train_images_per_second"])
-            ckpt.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                       "epoch": epoch + 1, "iteration": iteration, "best_val_iou": best_iou,
-                       "best_epoch": best_epoch, "best_model": best_state, "history": history})
-            for cb in callbacks:
-                cb.on_epoch_end(epoch + 1, metrics)
+    epoch_seconds = time.perf_counter() - t_epoch
+    run.step_time += epoch_seconds
+    run.seen += n_images
+    return {"epoch": epoch + 1, "train_loss": total_loss / max(n_images, 1), "lr": run.lr,
+            "epoch_seconds": epoch_seconds, "train_images_per_second": n_images * s.world / epoch_seconds}
 
+
+def eval_epoch(s: _Session, run: _RunState, epoch: int, metrics: dict) -> None:
+    """Validate into METRICS, keep a CPU copy of the weights if this epoch is the best so far, and record it."""
+    t_val = time.perf_counter()
+    metrics.update(validate(s.model, s.data.val_loader, s.device, s.cfg.eval.threshold, s.loss_fn))
+    metrics["val_seconds"] = time.perf_counter() - t_val
+    if metrics["val_iou"] > run.best_iou:
+        run.best_iou, run.best_epoch = metrics["val_iou"], epoch + 1
+        run.best_state = {k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()}
+    run.history.append(metrics)
+
+
+def _end_epoch(s: _Session, run: _RunState, epoch: int, metrics: dict, ckpt: CheckpointDir,
+               callbacks: list[Callback] | tuple) -> None:
+    """On rank 0: log the epoch, checkpoint everything a resume needs, then run the callbacks."""
+    if not s.main:
+        return
+    log.info("epoch %d/%d: train_loss %.4f val_loss %.4f val_iou %.4f (best %.4f @ %d) %.1f img/s",
+             epoch + 1, s.cfg.train.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_iou"],
+             run.best_iou, run.best_epoch, metrics["train_images_per_second"])
+    ckpt.save({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
+               "epoch": epoch + 1, "iteration": run.iteration, "best_val_iou": run.best_iou,
+               "best_epoch": run.best_epoch, "best_model": run.best_state, "history": run.history})
+    for cb in callbacks:
+        cb.on_epoch_end(epoch + 1, metrics)
+
+
+def _finish(s: _Session, run: _RunState, out_dir: Path) -> TrainResult:
+    """Rank 0 writes the best epoch's weights and metrics.json; every rank then waits for it."""
+    cfg, world = s.cfg, s.world
     weights = out_dir / "model.safetensors"
-    result = TrainResult(out_dir, weights, best_epoch, best_iou, history,
-                         images_per_second=seen * world / step_time if step_time else 0.0,
-                         data_wait_share=wait_time / step_time if step_time else 0.0)
-    if main:
-        model.load_state_dict(best_state)
-        save_weights(model, weights, cfg.model.variant, cfg.data.image_size,
-                     extra={"best_epoch": best_epoch, "best_val_iou": best_iou})
-        summary = {"variant": cfg.model.variant, "parameters": count_parameters(model), "best_epoch": best_epoch,
+    result = TrainResult(out_dir, weights, run.best_epoch, run.best_iou, run.history,
+                         images_per_second=run.seen * world / run.step_time if run.step_time else 0.0,
+                         data_wait_share=run.wait_time / run.step_time if run.step_time else 0.0)
+    if s.main:
+        best_iou = run.best_iou
+        s.model.load_state_dict(run.best_state)
+        save_weights(s.model, weights, cfg.model.variant, cfg.data.image_size,
+                     extra={"best_epoch": run.best_epoch, "best_val_iou": best_iou})
+        summary = {"variant": cfg.model.variant, "parameters": count_parameters(s.model), "best_epoch": run.best_epoch,
                    "best_val_iou": best_iou, "best_val_dice": 2 * best_iou / (1 + best_iou),
-                   "epochs": tc.epochs, "world_size": world, "images_per_second": result.images_per_second,
-                   "data_wait_share": result.data_wait_share, "history": history, "config": config_to_dict(cfg)}
+                   "epochs": cfg.train.epochs, "world_size": world, "images_per_second": result.images_per_second,
+                   "data_wait_share": result.data_wait_share, "history": run.history, "config": config_to_dict(cfg)}
         (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     if world > 1:
         dist.barrier()
     return result
+
+
+def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
+          callbacks: list[Callback] | tuple = (), progress: bool = True) -> TrainResult:
+    """Train on a preprocessed artifact (cmunext.data.preprocess) and write OUT/model.safetensors + metrics.json."""
+    out_dir = Path(out_dir)
+    rank, world, local_rank = _distributed()
+    tc = cfg.train
+    device = _setup_device(tc, local_rank)
+    data = _build_data(cfg, data_dir, device, rank, world)
+    s = _build_session(cfg, data, device, world, local_rank, main=rank == 0)
+
+    ckpt = CheckpointDir(out_dir / "checkpoints")
+    run = _resume_state(ckpt, s) if resume else _RunState()
+
+    max_iter = tc.epochs * len(data.train_loader)
+    if s.main:
+        log.info("training %s (%s parameters) on %d images, validating on %d; %d epochs x %d iterations",
+                 cfg.model.variant, f"{count_parameters(s.model):,}", len(data.train_ds), len(data.val_ds), tc.epochs,
+                 len(data.train_loader))
+    for epoch in range(run.epoch, tc.epochs):
+        metrics = train_epoch(s, run, epoch, max_iter, progress)
+        eval_epoch(s, run, epoch, metrics)
+        _end_epoch(s, run, epoch, metrics, ckpt, callbacks)
+    return _finish(s, run, out_dir)

@@ -15,10 +15,12 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -152,17 +154,92 @@ def fastest_form(artifact: Path, runs: int, serve: tuple[str, ...] = ("onnxrunti
     return {"form": form, "ms_b1": {f: round(v, 2) for f, v in ms.items()}}
 
 
+@dataclass
+class _Measured:
+    """What bench_serving measures and builds on the server's cores, before the HTTP load."""
+    export: dict        # export_serving_artifact's export.json
+    candidates: dict    # the export's candidates at batch 1 and 8, against eager PyTorch
+    form: dict          # the fastest served form (fastest_form)
+    packaged: dict      # package_model's result
+    data: bytes         # the PNG every request uploads
+    local: dict         # in_process's throughput
+
+
+def _candidate_speeds(export: dict) -> dict:
+    """Each export candidate's batch-1 and batch-8 latency, speed-up over eager PyTorch and agreement with it."""
+    return {name: {"ms_b1": round(c["ms_by_batch"]["1"], 1), "ms_b8": round(c["ms_by_batch"]["8"], 1),
+                   "speedup_b1": c["speedup_vs_torch"]["1"], "speedup_b8": c["speedup_vs_torch"]["8"],
+                   "max_abs_diff": c["max_abs_diff"]} for name, c in export["candidates"].items()}
+
+
+def _measure_offline(tmp: Path, variant: str, image_size: int, weights: str | Path | None, export_runs: int,
+                     threads: int, per_client: int) -> _Measured:
+    """Export (random-init VARIANT, or WEIGHTS) into TMP, choose the served form, package it and time the
+    in-process pipeline on the same artifact."""
+    from cmunext_serving import runtime
+
+    from .export import export_serving_artifact
+    from .package import package_model
+
+    weights = Path(weights) if weights else random_weights(variant, image_size, tmp / "model.safetensors")
+    export = export_serving_artifact(weights, tmp / "export", runs=export_runs, report_batches=(8,),
+                                     threads=threads)
+    candidates = _candidate_speeds(export)
+    form = fastest_form(tmp / "export", export_runs)
+    packaged = package_model(weights, model_name=f"bench-{variant}", model_version="0", run_id="bench",
+                             data_revision="none", metrics={}, runs=export_runs, exported=tmp / "export")
+    image = runtime.demo_image(image_size, image_size)
+    data = runtime.png_bytes(image)
+    local = in_process(tmp / "export", data, runs=4 * per_client)
+    return _Measured(export, candidates, form, packaged, data, local)
+
+
+def _start_bento(bento_tag: str, tmp: Path, threads: int) -> tuple[str, subprocess.Popen]:
+    """`bentoml serve` BENTO_TAG on a free port, logging to TMP/serve.log; returns its URL and process."""
+    from .serve import start_server
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(bento_tag, port=port, log_file=tmp / "serve.log", env={"CMUNEXT_THREADS": threads})
+    return url, proc
+
+
+def _http_loads(url: str, proc: subprocess.Popen, data: bytes, clients: tuple[int, ...],
+                per_client: int) -> dict:
+    """HTTP load at each concurrency in CLIENTS, once the server is ready and warm."""
+    _wait_ready(url, proc)
+    http_load(url, data, max(clients), 3)  # warm-up, and the batching dispatcher's calibration
+    return {f"c{c}": http_load(url, data, c, per_client) for c in clients}
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    """Stop the server, killing it if it does not stop within 30 s, and its process group."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except Exception:
+        proc.kill()
+        proc.wait()
+    try:
+        os.killpg(proc.pid, 9)  # workers the arbiter left behind, if any
+    except ProcessLookupError:
+        pass
+
+
+def _http_vs_in_process(http: dict, local: dict) -> dict:
+    """Each HTTP load's requests/s over the in-process pipeline's images/s (batch 1 for one client, else 8)."""
+    ratios = {}
+    for c, result in http.items():
+        base = local["pipeline_b1" if c == "c1" else "pipeline_b8"]["images_per_s"]
+        ratios[f"http_{c}_vs_in_process"] = round(result["rps"] / base, 3)
+    return ratios
+
+
 def bench_serving(variant: str = "cmunext_s", image_size: int = 256, *, weights: str | Path | None = None,
                   clients: tuple[int, ...] = (1, 8), per_client: int = 20, export_runs: int = 10,
                   client_cpus: int = 1) -> dict:
     """Package (random-init VARIANT at IMAGE_SIZE, or WEIGHTS) into a private state folder, measure the export
     candidates at batch 1 and 8, the in-process pipeline, and HTTP load at each concurrency in CLIENTS."""
-    from cmunext_serving import runtime
-
-    from .export import export_serving_artifact
-    from .package import package_model
-    from .serve import start_server
-
     label = str(weights) if weights else variant
     everything = os.sched_getaffinity(0)
     server_cpus, load_cpus = cpu_split(client_cpus)
@@ -171,49 +248,20 @@ def bench_serving(variant: str = "cmunext_s", image_size: int = 256, *, weights:
         tmp = Path(tmp)
         os.sched_setaffinity(0, server_cpus)  # export, in-process and the server (which inherits it) share these
         try:
-            weights = Path(weights) if weights else random_weights(variant, image_size, tmp / "model.safetensors")
-            export = export_serving_artifact(weights, tmp / "export", runs=export_runs, report_batches=(8,),
-                                             threads=threads)
-            candidates = {name: {"ms_b1": round(c["ms_by_batch"]["1"], 1), "ms_b8": round(c["ms_by_batch"]["8"], 1),
-                                 "speedup_b1": c["speedup_vs_torch"]["1"], "speedup_b8": c["speedup_vs_torch"]["8"],
-                                 "max_abs_diff": c["max_abs_diff"]} for name, c in export["candidates"].items()}
-            form = fastest_form(tmp / "export", export_runs)
-            packaged = package_model(weights, model_name=f"bench-{variant}", model_version="0", run_id="bench",
-                                     data_revision="none", metrics={}, runs=export_runs, exported=tmp / "export")
-            image = runtime.demo_image(image_size, image_size)
-            data = runtime.png_bytes(image)
-            local = in_process(tmp / "export", data, runs=4 * per_client)
-            port = _free_port()
-            url = f"http://127.0.0.1:{port}"
-            proc = start_server(packaged["bento_tag"], port=port, log_file=tmp / "serve.log",
-                                env={"CMUNEXT_THREADS": threads})
+            m = _measure_offline(tmp, variant, image_size, weights, export_runs, threads, per_client)
+            url, proc = _start_bento(m.packaged["bento_tag"], tmp, threads)
         finally:
             os.sched_setaffinity(0, load_cpus)
         try:
-            _wait_ready(url, proc)
-            http_load(url, data, max(clients), 3)  # warm-up, and the batching dispatcher's calibration
-            http = {f"c{c}": http_load(url, data, c, per_client) for c in clients}
+            http = _http_loads(url, proc, m.data, clients, per_client)
         finally:
             os.sched_setaffinity(0, everything)
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except Exception:
-                proc.kill()
-                proc.wait()
-            try:
-                os.killpg(proc.pid, 9)  # workers the arbiter left behind, if any
-            except ProcessLookupError:
-                pass
-    ratios = {}
-    for c, result in http.items():
-        base = local["pipeline_b1" if c == "c1" else "pipeline_b8"]["images_per_s"]
-        ratios[f"http_{c}_vs_in_process"] = round(result["rps"] / base, 3)
+            _stop_server(proc)
     return {"model": label, "image_size": image_size, "server_cpus": server_cpus, "client_cpus": load_cpus,
-            "export_choice": export["format"], "served_format": packaged["format"], "served_form": form["form"],
-            "forms_ms_b1": form["ms_b1"], "candidates": candidates,
-            "in_process": local, "http": http, "ratios": ratios, "cpu_count": os.cpu_count(),
-            "load_average": os.getloadavg()}
+            "export_choice": m.export["format"], "served_format": m.packaged["format"], "served_form": m.form["form"],
+            "forms_ms_b1": m.form["ms_b1"], "candidates": m.candidates,
+            "in_process": m.local, "http": http, "ratios": _http_vs_in_process(http, m.local),
+            "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cmunext_serving.engines import serving_record
 from cmunext_serving.fingerprint import sha256_file
@@ -23,6 +24,9 @@ from cmunext_serving.runtime import EXPORT_JSON, verify_artifact
 
 from ..errors import CmunextError
 from ..paths import state_dir
+
+if TYPE_CHECKING:
+    from bentoml._internal.models import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +176,61 @@ def export_archive(bento_tag: str, export_to: str | None = None) -> str:
     return f"{target.split('://', 1)[0]}://{written}" if "://" in target else str(Path(written).resolve())
 
 
+def _artifact_in(folder: Path, weights: str | Path, exported: str | Path | None, tolerance: float,
+                 runs: int) -> dict:
+    """The serving artifact in FOLDER: EXPORTED copied as it is when it was exported from these same WEIGHTS (so
+    the bento serves the artifact whose latency the gate judged), else a fresh export. Returns its export.json."""
+    info = _reusable_export(exported, weights)
+    if info is None:
+        from .export import export_serving_artifact  # torch and onnx: only when there is something to export
+        info = export_serving_artifact(weights, folder, tolerance=tolerance, runs=runs)
+    else:
+        shutil.copytree(exported, folder)
+    return info
+
+
+def _model_metadata(info: dict, record: dict, artifact_labels: dict, metrics: dict) -> dict:
+    """The BentoML model's metadata: its labels, the evaluation's METRICS and what the export measured."""
+    return _jsonable({
+        **artifact_labels, "metrics": metrics, "file": info["file"], "image_size": info["image_size"],
+        "in_channels": info["in_channels"], "num_classes": info["num_classes"], "variant": info["variant"],
+        "weights_sha256": info["weights_sha256"], "max_abs_diff": info["max_abs_diff"],
+        "session": info["session"], "candidates_ms": {k: v["ms"] for k, v in info["candidates"].items()},
+        "serving": record, "precision_choice": info.get("precision_choice"),
+    })
+
+
+def _store_model(artifact: Path, info: dict, artifact_labels: dict, metadata: dict,
+                 model_store: ModelStore) -> str:
+    """Store ARTIFACT's model file and export.json as a BentoML model in MODEL_STORE; returns its tag."""
+    import bentoml
+
+    with bentoml.models.create(MODEL_NAME, labels=artifact_labels, metadata=metadata,
+                               _model_store=model_store) as bento_model:
+        for name in (info["file"], "export.json"):
+            shutil.copyfile(artifact / name, bento_model.path_of(name))
+    model_tag = str(bento_model.tag)
+    log.info("package: BentoML model %s (%s, sha256 %s)", model_tag, info["format"], info["sha256"][:12])
+    return model_tag
+
+
+def _bentofile(*, model_name: str, model_version: str | int, info: dict, record: dict, artifact_labels: dict,
+               model_tag: str, runtimes: tuple[str, ...], threshold: float) -> dict:
+    """bentofile.yaml's content: the whole serving package, pins of its packages (RUNTIMES' included) and build
+    arguments naming the model and its sha256, so the bento always serves the model it was built with."""
+    return {
+        "service": SERVICE,
+        "name": BENTO_NAME,
+        "description": f"CMUNeXt lesion segmentation: {model_name} version {model_version} ({record['runtime']} "
+                       f"{record['precision']}, {info['format']})",
+        "labels": {**artifact_labels, "model_tag": model_tag},
+        "include": [f"/{BUNDLE}/**/*.py"],
+        "exclude": ["__pycache__/", "*.pyc"],
+        "python": {"packages": serving_requirements(runtimes), "lock_packages": False},
+        "args": {"model": model_tag, "sha256": info["sha256"], "threshold": threshold},
+    }
+
+
 def package_model(weights: str | Path, *, model_name: str, model_version: str | int, run_id: str,
                   data_revision: str, metrics: dict, export_to: str | None = None, tolerance: float = 1e-4,
                   runs: int = 30, exported: str | Path | None = None, threshold: float = 0.5) -> dict:
@@ -184,52 +243,25 @@ def package_model(weights: str | Path, *, model_name: str, model_version: str | 
 
     Returns {"bento_tag", "model_tag", "archive", "format", "sha256", ...}.
     """
-    from .export import export_serving_artifact
-
-    home = bentoml_home()
-    import bentoml
-
+    home = bentoml_home()  # sets BENTOML_HOME before bentoml is imported and reads it
     model_store, _ = stores()
     labels = {"mlflow_model": str(model_name), "mlflow_version": str(model_version), "run_id": str(run_id),
               "data_revision": str(data_revision)}
     with tempfile.TemporaryDirectory(prefix="cmunext-package-", dir=home / "tmp") as tmp:
         tmp = Path(tmp)
-        info = _reusable_export(exported, weights)
-        if info is None:
-            info = export_serving_artifact(weights, tmp / "artifact", tolerance=tolerance, runs=runs)
-        else:
-            shutil.copytree(exported, tmp / "artifact")
+        info = _artifact_in(tmp / "artifact", weights, exported, tolerance, runs)
         record = serving_record(info)
         fallback = record.get("fallback") or {}
         runtimes = tuple(r for r in (record["runtime"], fallback.get("runtime")) if r)
         artifact_labels = {**labels, "sha256": info["sha256"], "format": info["format"], "runtime": record["runtime"],
                            "precision": record["precision"]}
-        metadata = _jsonable({
-            **artifact_labels, "metrics": metrics, "file": info["file"], "image_size": info["image_size"],
-            "in_channels": info["in_channels"], "num_classes": info["num_classes"], "variant": info["variant"],
-            "weights_sha256": info["weights_sha256"], "max_abs_diff": info["max_abs_diff"],
-            "session": info["session"], "candidates_ms": {k: v["ms"] for k, v in info["candidates"].items()},
-            "serving": record, "precision_choice": info.get("precision_choice"),
-        })
-        with bentoml.models.create(MODEL_NAME, labels=artifact_labels, metadata=metadata,
-                                   _model_store=model_store) as bento_model:
-            for name in (info["file"], "export.json"):
-                shutil.copyfile(tmp / "artifact" / name, bento_model.path_of(name))
-        model_tag = str(bento_model.tag)
-        log.info("package: BentoML model %s (%s, sha256 %s)", model_tag, info["format"], info["sha256"][:12])
+        metadata = _model_metadata(info, record, artifact_labels, metrics)
+        model_tag = _store_model(tmp / "artifact", info, artifact_labels, metadata, model_store)
 
         ctx = stage_bundle(tmp / "context")
-        bento_tag = _build(ctx, {
-            "service": SERVICE,
-            "name": BENTO_NAME,
-            "description": f"CMUNeXt lesion segmentation: {model_name} version {model_version} ({record['runtime']} "
-                           f"{record['precision']}, {info['format']})",
-            "labels": {**artifact_labels, "model_tag": model_tag},
-            "include": [f"/{BUNDLE}/**/*.py"],
-            "exclude": ["__pycache__/", "*.pyc"],
-            "python": {"packages": serving_requirements(runtimes), "lock_packages": False},
-            "args": {"model": model_tag, "sha256": info["sha256"], "threshold": threshold},
-        }, home)
+        bento_tag = _build(ctx, _bentofile(model_name=model_name, model_version=model_version, info=info,
+                                           record=record, artifact_labels=artifact_labels, model_tag=model_tag,
+                                           runtimes=runtimes, threshold=threshold), home)
     log.info("package: bento %s", bento_tag)
 
     archive = export_archive(bento_tag, export_to)

@@ -184,15 +184,17 @@ def _requirements() -> list[str]:
                                                          "pyyaml", "tqdm")]
 
 
+# The client's calls, not `mlflow.start_run(run_id)`: re-entering a run flips its status and costs round trips.
 def log_pictures(run_id: str, files: dict[str, str | Path]) -> None:
-    with _tracking(f"uploading pictures of run {run_id}", artifacts=True), mlflow.start_run(run_id=run_id):
+    client = mlflow.MlflowClient()
+    with _tracking(f"uploading pictures of run {run_id}", artifacts=True):
         for folder, path in files.items():
-            mlflow.log_artifact(str(path), artifact_path=folder)
+            client.log_artifact(run_id, str(path), artifact_path=folder)
 
 
 def log_json(run_id: str, data: dict, name: str) -> None:
-    with _tracking(f"uploading {name} of run {run_id}", artifacts=True), mlflow.start_run(run_id=run_id):
-        mlflow.log_dict(data, name)
+    with _tracking(f"uploading {name} of run {run_id}", artifacts=True):
+        mlflow.MlflowClient().log_dict(run_id, data, name)
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, client=None) -> None:
@@ -203,7 +205,8 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, client=No
 
 
 def set_tags(run_id: str, tags: dict[str, object]) -> None:
-    client = mlflow.MlflowClient()
+    """All TAGS in one request (a request per tag costs a round trip, and a server's a transaction, each)."""
+    from mlflow.entities import RunTag
     with _tracking(f"tagging run {run_id}"):
-        for k, v in tags.items():
-            client.set_tag(run_id, k, v if isinstance(v, str) else json.dumps(v))
+        mlflow.MlflowClient().log_batch(run_id, tags=[RunTag(k, v if isinstance(v, str) else json.dumps(v))
+                                                      for k, v in tags.items()])
