@@ -11,7 +11,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 
 from ..config import RunConfig, config_to_dict, flatten
 from ..errors import CmunextError
@@ -206,7 +206,6 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, client=No
 
 def set_tags(run_id: str, tags: dict[str, object]) -> None:
     """All TAGS in one request (a request per tag costs a round trip, and a server's a transaction, each)."""
-    from mlflow.entities import RunTag
     with _tracking(f"tagging run {run_id}"):
         mlflow.MlflowClient().log_batch(run_id, tags=[RunTag(k, v if isinstance(v, str) else json.dumps(v))
                                                       for k, v in tags.items()])
