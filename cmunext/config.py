@@ -150,6 +150,16 @@ class RetrainConfig(_Section):
     max_champion_age_days: float = Field(30.0, gt=0)
 
 
+class MonitoringConfig(_Section):
+    """What the served model sees against its reference (`cmunext monitor drift`, cmunext/monitoring/)."""
+    # The prediction log's root: a folder or s3://bucket/prefix; default: what the server writes to
+    # ($CMUNEXT_PREDICTION_LOG, else <bento store>/predictions).
+    prediction_log: str | None = None
+    # Family-wise false-alarm rate of one drift check: each of its tests runs at p_value / number of tests.
+    p_value: float = Field(0.01, gt=0, lt=1)
+    min_requests: int = Field(50, ge=5)  # fewer in the window: no verdict (too few to decide)
+
+
 class RunConfig(_Section):
     name: str = "run"
     model: ModelConfig = ModelConfig()
@@ -159,6 +169,7 @@ class RunConfig(_Section):
     gate: GateConfig = GateConfig()
     registry: RegistryConfig = RegistryConfig()
     retrain: RetrainConfig = RetrainConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
 
 class ConfigError(CmunextError, ValueError):

@@ -53,7 +53,8 @@ def _boot(archive: Path, home: Path, port: int, log: Path, token: str) -> tuple[
         # in the step's own process group: a killed run takes its canary server with it
         proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1",
                                  "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                env={**env, "CMUNEXT_REQUIRE_AUTH": "true", "CMUNEXT_API_TOKEN": token})
+                                env={**env, "CMUNEXT_REQUIRE_AUTH": "true", "CMUNEXT_API_TOKEN": token,
+                                     "CMUNEXT_PREDICTION_LOG": "off"})  # its canary images are not traffic
     return proc, tag
 
 

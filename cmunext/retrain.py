@@ -1,6 +1,7 @@
 """Whether a retraining run has anything to do: it does when there is no champion, when the data digest
-or the code differ from the champion's training run, or when the champion is older than
-`retrain.max_champion_age_days`. Used by `cmunext retrain --if-changed` (cron on one machine) and by
+or the code differ from the champion's training run, when the champion is older than
+`retrain.max_champion_age_days`, or when the champion's latest drift check (`cmunext monitor drift`) found
+drift. Used by `cmunext retrain --if-changed` (cron on one machine) and by
 the pipeline's first step (every scheduled run on a cluster), so both decide the same way.
 """
 from __future__ import annotations
@@ -70,6 +71,7 @@ def decide(cfg: RunConfig, data_md5: str, code: str | None = None, now: float | 
         if age_days > cfg.retrain.max_champion_age_days:
             reasons.append(f"champion v{champ['version']} is {age_days:.1f} days old "
                            f"(retrain.max_champion_age_days = {cfg.retrain.max_champion_age_days:g})")
+        reasons += _drift_reasons(cfg.registry.model_name, champ["version"])
     decision = {"decision": "train" if reasons else "skip",
                 "reasons": reasons or [f"nothing to do: champion v{champ['version']} was trained on this data "
                                        f"({data_md5[:12]}) with this code ({code}) and is younger than "
@@ -81,6 +83,16 @@ def decide(cfg: RunConfig, data_md5: str, code: str | None = None, now: float | 
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
     log.info("retrain check: %s (%s)", decision["decision"], "; ".join(decision["reasons"]))
     return decision
+
+
+def _drift_reasons(model_name: str, version: str) -> list[str]:
+    from .monitoring.history import latest_verdict
+    latest = latest_verdict(model_name, version)
+    if not latest or latest["verdict"] != "drift":
+        return []
+    at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(latest["time"] / 1000))
+    return [f"drift: the latest check of champion v{version} ({at}, MLflow run {latest['run_id']}) found the "
+            "served scans drifted from its training data"]
 
 
 def record(cfg: RunConfig, decision: dict, source: str) -> str:

@@ -5,7 +5,9 @@ Two services, served together by `bentoml serve`:
 - `Segmenter` (the HTTP front): checks and decodes uploads, preprocesses them exactly as
   `cmunext.predict.Predictor` does, and turns probabilities into masks, numbers and overlays.
   POST /segment (mask PNG, 0/255, at the input's size), POST /segment_json, POST /overlay (PNG);
-  GET / is a web page; BentoML's /healthz /livez /readyz /metrics stay.
+  GET / is a web page; BentoML's /healthz /livez /readyz /metrics stay. Every answer carries a request id
+  (header X-Request-ID; `request_id` in /segment_json) and adds one record, without pixels, to the
+  prediction log (prediction_log.py; features: observe.py).
 - `SegmentationModel`: the exported artifact in the runtime and precision the evaluate step chose (ONNX
   Runtime or OpenVINO; fp32, bf16 or int8: engines.py), with adaptive batching
   (`infer` is batchable: concurrent requests are run as one batch; the batch sizes are in /metrics as
@@ -19,7 +21,9 @@ Settings (environment): CMUNEXT_API_TOKEN (bearer token; unset = no auth; health
 page stay open), CMUNEXT_REQUIRE_AUTH (true: refuse to start without a token of 16+ characters), CMUNEXT_MAX_UPLOAD_BYTES (default 20 MiB), CMUNEXT_MAX_PIXELS (default 25 M),
 CMUNEXT_MAX_BATCH (default 8), CMUNEXT_THREADS (inference threads, default: as exported),
 CMUNEXT_CPU_BF16=0 (serve the fp32 fallback even where the CPU has bf16), CMUNEXT_CPU_THREADS
-(decoding and drawing threads of the front, default 4).
+(decoding and drawing threads of the front, default 4), CMUNEXT_PREDICTION_LOG (a folder or s3://bucket/prefix;
+default <CMUNEXT_BENTO_STORE>/predictions; "off" disables), CMUNEXT_PREDICTION_LOG_CAPACITY (records held in
+memory while the sink is slow, default 10000), CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS (default 5).
 
 No torch here: the serving image has none.
 """
@@ -28,8 +32,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import anyio
@@ -43,8 +49,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .engines import ServedModel
+from .feedback import CaptureStore, FeedbackRefused, feedback_root, get
 from .guard import RequestGuard, api_token
+from .observe import features
+from .prediction_log import PredictionLog, now_iso, sink_from_env
 from .runtime import (
+    PNG_MAGIC,
     THRESHOLD,
     DataError,
     TooLarge,
@@ -69,6 +79,9 @@ MAX_UPLOAD_BYTES = int(os.environ.get("CMUNEXT_MAX_UPLOAD_BYTES", str(20 * 1024 
 MAX_PIXELS = int(os.environ.get("CMUNEXT_MAX_PIXELS", "25000000"))
 CPU_THREADS = int(os.environ.get("CMUNEXT_CPU_THREADS", "4"))
 API_PATHS = ("/segment", "/segment_json", "/overlay")
+LOG_CAPACITY = int(os.environ.get("CMUNEXT_PREDICTION_LOG_CAPACITY", "10000"))
+LOG_FLUSH_SECONDS = float(os.environ.get("CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS", "5"))
+REQUEST_ID = "X-Request-ID"
 
 _ARGS = bentoml.use_arguments()  # a bento records {model, sha256, threshold} at build time
 MODEL_TAG = os.environ.get(MODEL_ENV) or getattr(_ARGS, "model", None) or f"{MODEL_NAME}:latest"
@@ -99,6 +112,57 @@ def model_card(stored) -> dict:
     return {"tag": str(stored.tag), "mlflow_model": labels.get("mlflow_model"),
             "mlflow_version": labels.get("mlflow_version"), "run_id": labels.get("run_id"),
             "data_revision": labels.get("data_revision"), "format": meta.get("format"), "sha256": meta.get("sha256")}
+
+
+def _png(out: tuple) -> Response:
+    return Response(out[0], media_type="image/png", headers={REQUEST_ID: out[2]})
+
+
+def checked_mask(data: bytes, captured: dict) -> bytes:
+    """A corrected mask as a 0/255 PNG; FeedbackRefused naming what is wrong (not a PNG, another size)."""
+    if not data.startswith(PNG_MAGIC):
+        raise FeedbackRefused(415, f"mask: not a PNG file (starts with {data[:8]!r})")
+    try:
+        mask = decode_image(data, MAX_PIXELS, name="mask")
+    except DataError as exc:
+        raise FeedbackRefused(400, str(exc)) from None
+    height, width = mask.shape[:2]
+    if (width, height) != (captured["width"], captured["height"]):
+        raise FeedbackRefused(422, f"mask is {width}x{height}, the captured image is "
+                                   f"{captured['width']}x{captured['height']}")
+    gray = mask if mask.ndim == 2 else mask.max(axis=2)
+    return png_bytes((gray > 0).astype(np.uint8) * 255)
+
+
+def _capture_store(card: dict) -> CaptureStore | None:
+    sink = sink_from_env()
+    if not sink:
+        return None
+    rate = float(os.environ.get("CMUNEXT_CAPTURE_RATE", "0"))
+    root = feedback_root(sink)
+    if rate:
+        print(f"cmunext.serving: capturing {rate:.0%} of the images to {root} (CMUNEXT_CAPTURE_RATE)", file=sys.stderr,
+              flush=True)
+    return CaptureStore(root, card.get("mlflow_model") or MODEL_NAME, card.get("mlflow_version") or "", rate,
+                        float(os.environ.get("CMUNEXT_CAPTURE_RETENTION_DAYS", "30")))
+
+
+def _prediction_log(card: dict) -> PredictionLog | None:
+    """The prediction log of this process, or None when it is off (said once, at start)."""
+    sink = sink_from_env()
+    if not sink:
+        print("cmunext.serving: no prediction log (set CMUNEXT_PREDICTION_LOG or CMUNEXT_BENTO_STORE)",
+              file=sys.stderr, flush=True)
+        return None
+    name = card.get("mlflow_model") or MODEL_NAME
+    written = bentoml.metrics.Counter(name="cmunext_prediction_log_written_total",
+                                      documentation="prediction-log records written to the sink")
+    dropped = bentoml.metrics.Counter(name="cmunext_prediction_log_dropped_total",
+                                      documentation="prediction-log records dropped: buffer full while the sink "
+                                                    "was slow or unreachable")
+    print(f"cmunext.serving: prediction log to {sink}/{name}/<date>/", file=sys.stderr, flush=True)
+    return PredictionLog(sink, name, capacity=LOG_CAPACITY, flush_seconds=LOG_FLUSH_SECONDS, on_write=written.inc,
+                         on_drop=dropped.inc)
 
 
 def _error(exc: Exception) -> JSONResponse:
@@ -162,10 +226,18 @@ class Segmenter:
         self.card = model_card(stored)
         self._limiter: anyio.CapacityLimiter | None = None
         self._ran: dict | None = None  # the model service's runtime and precision, asked once
+        self.predictions = _prediction_log(self.card)
+        self.captures = _capture_store(self.card)
 
-    def _prepare(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        image = decode_image(Path(path).read_bytes(), MAX_PIXELS)
-        return image, preprocess(image, self.size, self.channels)
+    @bentoml.on_shutdown
+    def _flush_predictions(self) -> None:
+        """What is still buffered goes out before the worker ends (a rolling update loses no records)."""
+        if self.predictions:
+            self.predictions.close()
+
+    def _prepare(self, path: Path) -> tuple[bytes, np.ndarray, np.ndarray]:
+        data = Path(path).read_bytes()
+        return (data, *self._prepare_bytes(data))
 
     async def _work(self, fn, *args):
         """CPU work off the event loop, at most CMUNEXT_CPU_THREADS at a time (bounds memory for large images)."""
@@ -188,10 +260,10 @@ class Segmenter:
 
     async def _run(self, path: Path, render):
         """Decode, preprocess, infer (batched), resize back, threshold, then RENDER(image, prob, mask) in a
-        worker thread. Returns (rendered, timings in ms) or a 4xx JSONResponse saying what is wrong."""
+        worker thread. Returns (rendered, timings in ms, request id) or a 4xx JSONResponse saying what is wrong."""
         t0 = time.perf_counter()
         try:
-            image, x = await self._work(self._prepare, path)
+            data, image, x = await self._work(self._prepare, path)
         except DataError as exc:
             return _error(exc)
         t1 = time.perf_counter()
@@ -200,35 +272,98 @@ class Segmenter:
 
         def finish():
             prob = resize_back(small, image.shape[0], image.shape[1])
-            return render(image, prob, (prob > SERVED_THRESHOLD).astype(np.uint8))
+            rendered = render(image, prob, (prob > SERVED_THRESHOLD).astype(np.uint8))
+            return rendered, features(image, prob, SERVED_THRESHOLD) if self.predictions else {}
 
-        result = await self._work(finish)
+        result, seen = await self._work(finish)
         timing = {"total": (time.perf_counter() - t0) * 1000, "decode": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}
-        return result, timing
+        request_id = uuid.uuid4().hex
+        captured = bool(self.captures and self.captures.wants(request_id))
+        if captured:  # queued for the capture thread; a full queue skips it
+            self.captures.capture(request_id, data, image.shape[1], image.shape[0])
+        await self._record(request_id, {**seen, "captured": captured}, timing["total"])
+        return result, timing, request_id
+
+    async def _served(self) -> dict:
+        if self._ran is None:
+            self._ran = await self.model.to_async.describe()
+        return self._ran
+
+    async def _record(self, request_id: str, seen: dict, latency_ms: float) -> None:
+        """The answer's record in the prediction log (never waits for the sink)."""
+        if self.predictions:
+            ran = await self._served()
+            self.predictions.add({"request_id": request_id, "time": now_iso(), "model": self.card["mlflow_model"],
+                                  "version": self.card["mlflow_version"], "bento_model": self.card["tag"],
+                                  "form": f"{ran['runtime']}/{ran['precision']}",
+                                  "latency_ms": round(latency_ms, 2), **seen})
 
     @bentoml.api(route="/segment")
     async def segment(self, image: Path) -> PILImage.Image:
         """The lesion mask (PNG, 0 = background, 255 = lesion) at the uploaded image's size."""
         out = await self._run(image, lambda img, prob, mask: png_bytes(mask * 255))
-        return out if isinstance(out, Response) else Response(out[0], media_type="image/png")
+        return out if isinstance(out, Response) else _png(out)
 
     @bentoml.api(route="/segment_json")
-    async def segment_json(self, image: Path) -> dict:
+    async def segment_json(self, image: Path, ctx: bentoml.Context) -> dict:
         """Lesion area (pixels, fraction), bounding boxes of connected regions, mean probability inside the
-        mask, the model and the server-side latency."""
+        mask, the model, the server-side latency and the request id."""
         out = await self._run(image, lambda img, prob, mask: mask_summary(prob, mask))
         if isinstance(out, Response):
+            ctx.response.status_code = out.status_code  # with a context, BentoML answers with its status
             return out
-        summary, timing = out
-        if self._ran is None:
-            self._ran = await self.model.to_async.describe()
-        return {**summary, "threshold": SERVED_THRESHOLD, "model": {**self.card, **self._ran}, "latency_ms": timing}
+        summary, timing, request_id = out
+        ctx.response.headers[REQUEST_ID] = request_id
+        return {**summary, "threshold": SERVED_THRESHOLD, "model": {**self.card, **await self._served()},
+                "latency_ms": timing, "request_id": request_id}
+
+    @bentoml.api(route="/feedback")
+    async def feedback(self, request_id: str, ctx: bentoml.Context, mask: Path = None,  # noqa: RUF013 (optional)
+                       correct: bool = False) -> dict:
+        """For a captured request: its corrected mask (field `mask`, PNG at the image's size, non-zero = lesion)
+        or `correct=true`; 201 with what was stored."""
+        try:
+            label = await self._feedback(request_id, mask, correct)
+        except FeedbackRefused as exc:  # with a context, BentoML answers with its status: set it there
+            ctx.response.status_code = exc.status
+            return {"error": str(exc), "status": exc.status}
+        ctx.response.status_code = 201
+        return label
+
+    async def _feedback(self, request_id: str, mask: Path | None, correct: bool) -> dict:
+        if self.captures is None:
+            raise FeedbackRefused(503, "no feedback store: this server keeps no prediction log (CMUNEXT_PREDICTION_LOG)")
+        if (mask is None) == (not correct):
+            raise FeedbackRefused(400, "send either a corrected mask (field 'mask', a PNG) or correct=true, not both")
+        if not re.fullmatch(r"[0-9a-f]{32}", request_id):
+            raise FeedbackRefused(400, f"request_id {request_id[:40]!r} is not a request id (32 hex digits, header X-Request-ID)")
+        captured = await anyio.to_thread.run_sync(self.captures.lookup, request_id)
+        if captured is None:
+            raise FeedbackRefused(404, f"unknown request id {request_id}: not captured (capture rate "
+                                       f"{self.captures.rate:g}: CMUNEXT_CAPTURE_RATE) or not stored yet")
+        if correct:
+            image = await anyio.to_thread.run_sync(get, f"{self.captures.prefix}/images/{captured['image']}")
+            png, verdict = await self._served_mask(image), "correct"
+        else:
+            png, verdict = await self._work(checked_mask, Path(mask).read_bytes(), captured), "corrected"
+        return await anyio.to_thread.run_sync(self.captures.store, request_id, verdict, png)
+
+    async def _served_mask(self, data: bytes) -> bytes:
+        """The mask this server answers for DATA (0/255 PNG): what a reviewer called correct."""
+        image, x = await self._work(self._prepare_bytes, data)
+        small = (await self._infer(x[None]))[0]
+        return await self._work(lambda: png_bytes((resize_back(small, *image.shape[:2]) > SERVED_THRESHOLD)
+                                                  .astype(np.uint8) * 255))
+
+    def _prepare_bytes(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        image = decode_image(data, MAX_PIXELS)
+        return image, preprocess(image, self.size, self.channels)
 
     @bentoml.api(route="/overlay")
     async def overlay(self, image: Path) -> PILImage.Image:
         """The image (RGB PNG) with the lesion tinted and outlined."""
         out = await self._run(image, lambda img, prob, mask: png_bytes(overlay(img, mask)))
-        return out if isinstance(out, Response) else Response(out[0], media_type="image/png")
+        return out if isinstance(out, Response) else _png(out)
 
 
 check_at_start(MODEL_TAG)

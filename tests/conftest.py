@@ -80,6 +80,14 @@ class S3Server:
         self._log.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prediction_log_of_the_session(tmp_path_factory):
+    """Servers the tests start log their answers here unless a test names a log: never in the project's .cmunext/."""
+    if "CMUNEXT_PREDICTION_LOG" not in os.environ:
+        os.environ["CMUNEXT_PREDICTION_LOG"] = str(tmp_path_factory.mktemp("predictions"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")

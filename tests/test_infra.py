@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "infra" / "k8s"
 DOCKER = ROOT / "infra" / "docker"
 K8S_VERSION = "1.30"  # the oldest Kubernetes minor the manifests are checked against
-WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
+WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet", "CronJob"}
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
-OWN_IMAGES = {"cmunext-serving", "cmunext-mlflow"}  # built from this repo; images.conf sets registry and tags
+OWN_IMAGES = {"cmunext-serving", "cmunext-mlflow", "cmunext-components"}  # built from this repo; images.conf sets registry and tags
 IMAGES_CONF = K8S / "components" / "images" / "images.conf"
 SENSITIVE = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL", re.I)
 PLACEHOLDER = {"", "CHANGE_ME"}
@@ -69,8 +69,14 @@ def objects(kind: str | None = None) -> list[dict]:
     return [d for _, d in manifests() if kind is None or d.get("kind") == kind]
 
 
+def template(workload: dict) -> dict:
+    """The pod template of a workload (a CronJob's is inside its job template)."""
+    spec = workload.get("spec", {})
+    return spec["jobTemplate"]["spec"]["template"] if workload.get("kind") == "CronJob" else spec.get("template", {})
+
+
 def pod_specs() -> list[tuple[str, dict]]:
-    return [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]) for d in objects()
+    return [(f"{d['kind']}/{d['metadata']['name']}", template(d)["spec"]) for d in objects()
             if d.get("kind") in WORKLOADS]
 
 
@@ -251,7 +257,7 @@ def test_rendered_base(rendered):
         assert set(found[key]["data"]) == keys, key
     assert found[("ConfigMap", "cmunext-endpoints")]["data"] == ENDPOINTS
     for d in docs:
-        for c in containers(d.get("spec", {}).get("template", {}).get("spec", {})):
+        for c in containers(template(d).get("spec", {})):
             name, tag, digest = image_parts(c["image"])
             assert tag and tag != "latest", f"rendered image not pinned: {c['image']}"
 
@@ -302,7 +308,7 @@ def test_hpa_targets_a_deployment():
 
 
 def test_services_select_pods_and_ports():
-    pods = [(d["spec"]["template"]["metadata"].get("labels", {}), d["spec"]["template"]["spec"])
+    pods = [(template(d)["metadata"].get("labels", {}), template(d)["spec"])
             for d in objects() if d.get("kind") in WORKLOADS]
     for svc in objects("Service"):
         selector = svc["spec"]["selector"]
@@ -366,10 +372,11 @@ def test_changing_the_registry_renames_every_image(tmp_path):
     proc = subprocess.run([*cmd, str(tree / "base")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
-    ours = {c["image"] for d in docs for c in containers(d.get("spec", {}).get("template", {}).get("spec", {}))
+    ours = {c["image"] for d in docs for c in containers(template(d).get("spec", {}))
             if image_parts(c["image"])[0].split("/")[-1] in OWN_IMAGES}
     tag = read_conf_tag()
     assert ours == {f"registry.example.com:5000/team/cmunext-mlflow:{tag}",
+                    f"registry.example.com:5000/team/cmunext-components:{tag}",
                     "registry.example.com:5000/team/cmunext-serving:cmunext-busi-v3"}
     assert not any(d["kind"] == "ConfigMap" and d["metadata"]["name"] == "cmunext-images" for d in docs)
 
@@ -559,7 +566,7 @@ def allowed(policies, src, dst, port: int, proto: str = "TCP") -> bool:
 def network(rendered):
     docs = rendered["base"]
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
-    pods = {d["metadata"]["name"]: (d["metadata"]["namespace"], d["spec"]["template"]["metadata"]["labels"])
+    pods = {d["metadata"]["name"]: (d["metadata"]["namespace"], template(d)["metadata"]["labels"])
             for d in docs if d["kind"] in WORKLOADS}
     return policies, {**pods, **OTHER_PODS}
 
@@ -591,7 +598,9 @@ EXPECTED = [  # (source, destination, port, allowed)
     ("prometheus", "cmunext-serving", 3000, True),
     ("pipeline step", "postgres", 5432, False), ("pipeline step", "cmunext-serving", 3000, False),
     ("pipeline step", "mlflow", 8080, False), ("cmunext-serving", "postgres", 5432, False),
-    ("cmunext-serving", "minio", 9000, False), ("minio-buckets", "mlflow", 5000, False),
+    ("cmunext-serving", "minio", 9000, True), ("cmunext-drift", "mlflow", 5000, True),
+    ("cmunext-drift", "minio", 9000, True), ("cmunext-drift", "postgres", 5432, False),
+    ("cmunext-drift", "cmunext-serving", 3000, False), ("minio-buckets", "mlflow", 5000, False),
     ("minio-buckets", "postgres", 5432, False), ("ingress controller", "mlflow", 5000, False),
     ("ingress controller", "minio", 9000, False), ("mlflow", "cmunext-serving", 3000, False),
     ("postgres", "mlflow", 5000, False), ("minio", "postgres", 5432, False), ("prometheus", "mlflow", 5000, False),

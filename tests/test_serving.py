@@ -8,6 +8,7 @@ instead, replace the `packaged` fixture (and `served_weights` with that run's we
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -159,8 +160,12 @@ class Server:
 @pytest.fixture(scope="module")
 def server(packaged, tmp_path_factory):
     """The built bento, no auth, small upload limits."""
-    srv = Server(packaged["bento_tag"], tmp_path_factory.mktemp("logs") / "serve.log",
-                 env={"CMUNEXT_MAX_UPLOAD_BYTES": MAX_BYTES, "CMUNEXT_MAX_PIXELS": MAX_PIXELS})
+    logs = tmp_path_factory.mktemp("logs")
+    srv = Server(packaged["bento_tag"], logs / "serve.log",
+                 env={"CMUNEXT_MAX_UPLOAD_BYTES": MAX_BYTES, "CMUNEXT_MAX_PIXELS": MAX_PIXELS,
+                      "CMUNEXT_PREDICTION_LOG": logs / "predictions", "CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS": "0.5",
+                      "CMUNEXT_CAPTURE_RATE": "1"})
+    srv.predictions = logs / "predictions"
     yield srv
     srv.close()
     assert "status=500" not in srv.log.read_text(errors="replace"), "the server answered 500 to some request"
@@ -333,6 +338,132 @@ def test_segment_json(server, packaged, images):
                           "sha256": packaged["sha256"], "runtime": "onnxruntime", "precision": "fp32",
                           "requested": "onnxruntime/fp32", "fallback_reason": None}
     assert d["latency_ms"]["total"] >= d["latency_ms"]["inference"] > 0
+    assert d["request_id"] == r.headers["X-Request-ID"] and len(d["request_id"]) == 32
+
+
+def _logged(root: Path, ids: set[str], timeout: float = 20) -> dict[str, dict]:
+    """The prediction-log records of IDS, once the server's batches have reached ROOT."""
+    from cmunext.monitoring import records
+
+    deadline = time.time() + timeout
+    while True:
+        found = {r["request_id"]: r for r in records.read(str(root), "cmunext-test").records if r["request_id"] in ids}
+        if len(found) == len(ids) or time.time() > deadline:
+            return found
+        time.sleep(0.3)
+
+
+def test_every_answer_is_logged_with_its_request_id_and_no_pixels(server, images):
+    from cmunext_serving.observe import FEATURES
+
+    answers = [server.post(route, images["gray.png"]) for route in ("/segment", "/segment_json", "/overlay")]
+    assert all(a.status_code == 200 for a in answers)
+    ids = {a.headers["X-Request-ID"] for a in answers}
+    assert len(ids) == 3
+    assert server.post("/segment", b"not an image").status_code == 415  # no answer, no record
+    logged = _logged(server.predictions, ids)
+    assert set(logged) == ids
+    width, height = Image.open(io.BytesIO(images["gray.png"])).size
+    for record in logged.values():
+        assert (record["model"], record["version"], record["form"]) == ("cmunext-test", "3", "onnxruntime/fp32")
+        assert (record["width"], record["height"]) == (width, height)
+        assert set(FEATURES) <= set(record) and 0 <= record["uncertainty"] <= 1 and record["latency_ms"] > 0
+        assert abs(sum(record[f"hist_{i}"] for i in range(8)) - 1) < 1e-6
+        assert len(json.dumps(record)) < 1000  # numbers only: no pixels
+    segment_json = answers[1].json()
+    assert logged[segment_json["request_id"]]["lesion_fraction"] == pytest.approx(segment_json["lesion_fraction"])
+
+
+def _captured(server, image: bytes) -> tuple[str, Path]:
+    """Serve IMAGE; its request id once its capture is stored, and the feedback folder of the served model."""
+    rid = server.post("/segment", image).headers["X-Request-ID"]
+    root = server.predictions.parent / "feedback" / "cmunext-test"
+    deadline = time.time() + 20
+    while not (root / "requests" / f"{rid}.json").exists():
+        assert time.time() < deadline, "the capture was not stored"
+        time.sleep(0.2)
+    return rid, root
+
+
+def _feedback(server, rid: str, mask: bytes | None = None, correct: bool = False, **kw):
+    fields = {"request_id": (None, rid)}
+    fields.update({"mask": ("mask.png", mask, "image/png")} if mask is not None else {"correct": (None, str(correct).lower())})
+    return requests.post(server.url + "/feedback", files=fields, timeout=60, **kw)
+
+
+def test_corrections_come_back_for_captured_requests(server, images, dataset_copy):
+    from cmunext_serving.runtime import png_bytes
+
+    image = images["gray.png"]
+    width, height = Image.open(io.BytesIO(image)).size
+    rid, root = _captured(server, image)
+    captured = json.loads((root / "requests" / f"{rid}.json").read_text())
+    assert (captured["width"], captured["height"]) == (width, height) and (root / "images" / captured["image"]).is_file()
+    fixed = np.zeros((height, width), np.uint8)
+    fixed[5:20, 5:30] = 1
+    r = _feedback(server, rid, png_bytes(fixed))
+    assert r.status_code == 201, r.text
+    assert r.json()["verdict"] == "corrected" and r.json()["image"] == captured["image"]
+    stored = np.asarray(Image.open(root / "masks" / f"{rid}.png"))
+    assert np.array_equal(stored, fixed * 255)
+    again = _feedback(server, rid, png_bytes(fixed))
+    assert again.status_code == 409, again.text  # nothing is overwritten
+    second = images["odd.png"]  # another scan: two corrections of one image would fail the duplicates check
+    other, _ = _captured(server, second)
+    other_w, other_h = Image.open(io.BytesIO(second)).size
+    wrong = _feedback(server, other, png_bytes(fixed))
+    assert wrong.status_code == 422 and f"{width}x{height}, the captured image is {other_w}x{other_h}" in wrong.json()["error"]
+    assert _feedback(server, other, images["rgb.jpg"]).status_code == 415
+    assert _feedback(server, "0" * 32, png_bytes(fixed)).status_code == 404
+    assert _feedback(server, "../../etc", png_bytes(fixed)).status_code == 400
+    assert not (root / "labels" / f"{other}.json").exists()  # refused feedback stores nothing
+    r = _feedback(server, other, correct=True)
+    assert r.status_code == 201 and r.json()["verdict"] == "correct"
+    served = np.asarray(Image.open(io.BytesIO(server.post("/segment", second).content)))
+    assert np.array_equal(np.asarray(Image.open(root / "masks" / f"{other}.png")), served)
+    _import_feedback(root.parent, {rid: fixed * 255, other: served}, dataset_copy)
+
+
+def _import_feedback(source: Path, expected: dict, dataset: Path) -> None:
+    """`cmunext data feedback import`: each correction a new stem, checked, never overwriting; again: nothing new."""
+    def run():
+        return subprocess.run([str(VENV_BIN / "cmunext"), "data", "feedback", "import", str(dataset), "--source",
+                               str(source), "--model-name", "cmunext-test", "--no-version",
+                               "--set", "data.allow_empty_masks=true"], capture_output=True, text=True, cwd=ROOT)
+    before = {p.name for p in (dataset / "images").iterdir()}
+    proc = run()
+    assert proc.returncode == 0 and "2 corrected pairs imported" in proc.stdout, proc.stdout + proc.stderr
+    added = {p.name for p in (dataset / "images").iterdir()} - before
+    assert added == {f"feedback-{rid}.png" for rid in expected}
+    for rid, mask in expected.items():
+        assert np.array_equal(np.asarray(Image.open(dataset / "masks" / f"feedback-{rid}.png")), mask)
+    again = run()
+    assert again.returncode == 0 and "0 corrected pairs imported" in again.stdout and "2 imported before" in again.stdout
+
+
+def test_an_unreachable_prediction_log_never_fails_an_answer(packaged, images, tmp_path):
+    """The sink is an S3 endpoint nobody listens on, the buffer holds 2 records: every answer is 200, the records
+    that do not fit are dropped and counted on /metrics, and the server says so in its log."""
+    env = {"CMUNEXT_PREDICTION_LOG": "s3://nowhere/predictions", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+           "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
+           "CMUNEXT_PREDICTION_LOG_CAPACITY": "2", "CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS": "0.2"}
+    # a BentoML home of its own: a second server on the module server's home would clear that one's metrics
+    home = tmp_path / "bentoml"
+    shutil.copytree(packaged["home"] / "bentoml", home, ignore=shutil.ignore_patterns("prometheus_multiproc_dir"))
+    srv = Server(packaged["bento_tag"], tmp_path / "serve.log", env={**env, "BENTOML_HOME": home})
+    try:
+        assert all(srv.post("/segment", images["gray.png"]).status_code == 200 for _ in range(8))
+        deadline, dropped = time.time() + 60, 0.0
+        while dropped < 6 and time.time() < deadline:
+            text = requests.get(srv.url + "/metrics", timeout=30).text
+            m = re.search(r"^cmunext_prediction_log_dropped_total(?:\{[^}]*\})? (\S+)$", text, re.M)
+            dropped = float(m.group(1)) if m else 0.0
+            time.sleep(0.5)
+        assert dropped >= 6  # 8 answers, at most 2 held
+    finally:
+        srv.close()
+    log = srv.log.read_text(errors="replace")
+    assert log.count("prediction log: cannot write to s3://nowhere/predictions") == 1
 
 
 def test_overlay(server, images):
@@ -376,7 +507,10 @@ def test_concurrent_load_is_batched_without_errors(server, images):
     for t in threads:
         t.join()
     assert errors == [] and len(results) == 200
-    assert {r["lesion_pixels"] for r in results} == {expected}, "batched inference changed a result"
+    # a batch runs other kernels than one image: a pixel whose probability sits on the threshold may flip
+    # (seen: 1 pixel of 29,506), never more than that
+    found = {r["lesion_pixels"] for r in results}
+    assert max(abs(f - expected) for f in found) <= max(1, expected // 10_000), f"batching changed {found} vs {expected}"
     count, singles = _batch_histogram(server.url)
     batches, multi = count - count0, (count - count0) - (singles - singles0)
     assert batches < 200 and multi > 0, f"{batches} inference calls for 200 requests, {multi} with batch > 1"
@@ -414,6 +548,11 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(server, images):
     assert requests.get(server.url + "/segment", timeout=10).status_code == 405
     assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
     assert server.post("/segment", images["gray.png"]).status_code == 200
+
+
+def test_feedback_needs_the_token(auth_server):
+    r = _feedback(auth_server, "0" * 32, correct=True)
+    assert r.status_code == 401
 
 
 def test_auth(auth_server, server, images):

@@ -17,6 +17,7 @@ from . import (
     deploy,
     evaluate,
     images,
+    monitor,
     pipeline,
     predict,
     registry,
@@ -26,7 +27,8 @@ from . import (
 )
 from .common import EXIT_ERROR
 
-COMMANDS = (data, train, predict, evaluate, pipeline, retrain, registry, serve, containerize, deploy, images, bench)
+COMMANDS = (data, train, predict, evaluate, pipeline, retrain, registry, serve, monitor, containerize, deploy, images,
+            bench)
 
 EPILOG = """everyday use:
   cmunext pipeline run --config configs/demo.yaml      the whole pipeline on this machine
@@ -34,7 +36,8 @@ EPILOG = """everyday use:
   cmunext serve                                        serve the champion on http://127.0.0.1:3000/
 
 `cmunext COMMAND --help` tells more. Exit status: 0 done (a gate's rejection is a decision, not a failure),
-1 data failed validation, 2 failure, 75 a stale promotion was refused (run again)."""
+1 data failed validation, 2 failure, 3 drift (`monitor drift`), 75 a stale promotion was refused or too few
+requests to decide drift (run again later)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

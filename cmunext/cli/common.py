@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+from datetime import datetime, timedelta, timezone
 
 from ..config import RunConfig, load_config
 
@@ -10,6 +12,20 @@ EXIT_OK = 0        # done: promoted, rejected by a gate (recorded), or nothing t
 EXIT_INVALID = 1   # the data failed validation (`data validate`)
 EXIT_ERROR = 2     # a failure: bad input or config, a step that crashed, a service that did not answer
 EXIT_RETRY = 75    # refused as stale (sysexits' EX_TEMPFAIL): the champion moved while the run decided; re-run
+
+
+UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def since_time(text: str) -> datetime:
+    """--since: an ISO time (UTC unless it says otherwise) or an age: 30m, 24h, 7d."""
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)([mhd])", text.strip()):
+        return datetime.now(timezone.utc) - timedelta(**{UNITS[m.group(2)]: float(m.group(1))})
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--since {text!r}: an ISO time (2026-12-01T08:00) or an age (30m, 24h, 7d)")
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None:

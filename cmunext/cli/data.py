@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from .common import EXIT_INVALID, EXIT_OK, add_config_args, config
+from .common import EXIT_INVALID, EXIT_OK, add_config_args, config, since_time
 
 log = logging.getLogger("cmunext")
 
@@ -86,6 +86,29 @@ def split(args) -> int:
     return EXIT_OK
 
 
+def feedback_import(args) -> int:
+    from cmunext_serving.feedback import feedback_root
+
+    from ..data.feedback import import_feedback
+    from ..monitoring.records import sink
+    cfg = config(args)
+    d = cfg.data
+    root = args.source or feedback_root(sink(cfg.monitoring.prediction_log))
+    checks = {"min_side": d.min_side, "max_side": d.max_side, "allow_empty_masks": d.allow_empty_masks,
+              "max_foreground": d.max_foreground, "severity": d.severity}
+    r = import_feedback(root, args.model_name or cfg.registry.model_name, args.dir, args.since, checks)
+    print(f"{args.dir}: {r['imported']} corrected pairs imported from {r['source']} ({r['already']} imported "
+          f"before, {len(r['skipped'])} skipped)")
+    for item in r["skipped"]:
+        print(f"  skipped {item['request_id']}: {item['reason']}")
+    if r["imported"] and not args.no_version:
+        from ..data.versioning import version_data
+        folder = Path(args.dir).resolve().relative_to(Path(args.project).resolve())
+        v = version_data(args.project, str(folder), f"data: {r['imported']} corrected pairs from serving feedback")
+        print(f"versioned: data revision {v['revision']}")
+    return EXIT_OK
+
+
 def register(sub) -> None:
     data = sub.add_parser("data", help="dataset import, synthesis, validation, splitting, versioning")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -102,6 +125,21 @@ def register(sub) -> None:
     p.add_argument("--report", required=True, help="folder for Data Docs HTML, summary.json, samples.csv")
     add_config_args(p)
     p.set_defaults(func=validate)
+    _feedback_args(dsub.add_parser("feedback", help="corrections sent to the served model (POST /feedback)"))
+
+
+def _feedback_args(p) -> None:
+    fsub = p.add_subparsers(dest="feedback_command", required=True)
+    p = fsub.add_parser("import", help="add the corrected pairs to DIR as new stems (checked, never overwriting), "
+                                       "then version the data")
+    p.add_argument("dir", help="the dataset folder (project layout), inside the project when it is versioned")
+    p.add_argument("--since", type=since_time, help="feedback since an ISO time or an age (24h, 7d)")
+    p.add_argument("--source", help="the feedback store (default: beside the prediction log: .../feedback)")
+    p.add_argument("--model-name", help="registered model whose feedback (default: registry.model_name)")
+    p.add_argument("--project", default=".", help="the git repository holding DIR (for `data version`)")
+    p.add_argument("--no-version", action="store_true", help="import only; version later with `cmunext data version`")
+    add_config_args(p)
+    p.set_defaults(func=feedback_import)
 
 
 def _synth_args(p) -> None:

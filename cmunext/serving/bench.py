@@ -200,7 +200,9 @@ def _start_bento(bento_tag: str, tmp: Path, threads: int) -> tuple[str, subproce
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_server(bento_tag, port=port, log_file=tmp / "serve.log", env={"CMUNEXT_THREADS": threads})
+    # the prediction log on, as served, into the benchmark's own folder (its requests are not traffic)
+    env = {"CMUNEXT_THREADS": threads, "CMUNEXT_PREDICTION_LOG": tmp / "predictions"}
+    proc = start_server(bento_tag, port=port, log_file=tmp / "serve.log", env=env)
     return url, proc
 
 

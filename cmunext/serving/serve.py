@@ -70,7 +70,11 @@ def resolve(target: str | None = None) -> tuple[str, str]:
 def serve_command(target: str | None = None, host: str = "127.0.0.1", port: int = 3000) -> tuple[list[str], dict]:
     """The `bentoml serve` command line and environment for TARGET (see `resolve`)."""
     kind, tag = resolve(target)
+    from cmunext_serving.prediction_log import ENV as LOG_ENV
+
+    from ..monitoring.records import sink
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home()), "BENTOML_DO_NOT_TRACK": "True", "PYTHONUNBUFFERED": "1"}
+    env.setdefault(LOG_ENV, sink(None))  # where `cmunext monitor drift` reads it
     cmd = [sys.executable, "-m", "bentoml", "serve"]
     if kind == "bento":
         env.pop("CMUNEXT_BENTO_MODEL", None)  # a bento serves the model it was built with

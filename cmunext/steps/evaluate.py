@@ -93,7 +93,18 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
     if run_id:
         _log_evaluation(run_id, evaluation, gallery_png)
+    _log_reference(cfg, predictor, data_dir, split, out_dir, run_id)
     return evaluation
+
+
+def _log_reference(cfg: RunConfig, predictor, data_dir: Path, split: dict, out_dir: Path, run_id: str | None) -> None:
+    """What `cmunext monitor drift` compares served traffic with, logged with the model (cmunext/monitoring)."""
+    from ..monitoring import reference
+
+    ref = reference.compute(predictor.probabilities, data_dir, split["train"], split["test"], cfg.eval.threshold)
+    (out_dir / "reference.json").write_text(json.dumps(ref))
+    if run_id:
+        reference.log(run_id, ref)
 
 
 def _score_candidate(cfg: RunConfig, weights: Path, data_dir: Path, preprocessed_dir: Path, stems: list[str],

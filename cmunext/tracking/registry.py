@@ -217,6 +217,16 @@ def record_rejection(model_name: str, run_id: str, reasons: list[str]) -> dict:
     return entry
 
 
+def describe_version(model_name: str, version: str) -> dict:
+    """{version, run_id, source, created, tags} of VERSION; RegistryError naming it when there is none."""
+    client = _client()
+    try:
+        with _answered(f"reading {model_name} version {version}"):
+            return _describe(client.get_model_version(model_name, version))
+    except MlflowException:
+        raise RegistryError(f"{model_name} has no version {version} (`cmunext registry show` lists them)") from None
+
+
 def version_tags(model_name: str, version: str) -> dict[str, str]:
     client = _client()
     with _answered(f"reading {model_name} version {version}"):
