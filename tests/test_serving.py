@@ -672,3 +672,51 @@ def test_package_exports_to_s3(served_weights, packaged, s3_server, monkeypatch)
     assert result["archive"] == f"s3://{bucket}/serving/{result['bento_tag'].replace(':', '-')}.bento"
     head = s3_server.client().head_object(Bucket=bucket, Key=f"serving/{result['bento_tag'].replace(':', '-')}.bento")
     assert head["ContentLength"] > 10_000
+
+
+def test_drift_of_what_was_served(server, served_weights, tmp_path, monkeypatch):
+    """The served model's real answers, read back from its prediction log, against a reference made as the evaluate
+    step makes it: scans like its data give no drift (exit 0), darker scans (a gain change) give drift (exit 3)."""
+    from cmunext.config import load_config
+    from cmunext.data.synth import synth_sample, write_synthetic_dataset
+    from cmunext.engine.weights import save_weights
+    from cmunext.models import create_model
+    from cmunext.monitoring import reference
+    from cmunext.predict import Predictor
+    from cmunext.tracking import mlflow_runs, registry
+    from cmunext_serving.runtime import png_bytes
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("CMUNEXT_HOME", str(tmp_path / "state"))
+    data = write_synthetic_dataset(tmp_path / "data", 160, seed=0, progress=False)
+    stems = sorted(p.stem for p in (data / "images").iterdir())
+    ref = reference.compute(Predictor(served_weights).probabilities, data, stems[:100], stems[100:], 0.5)
+    cfg = load_config(ROOT / "configs" / "ci-tiny.yaml")
+    other = save_weights(create_model("cmunext_s"), tmp_path / "other.safetensors", "cmunext_s", 64)
+    runs = [mlflow_runs.start(cfg, "workspace", "0" * 64) for _ in range(3)]
+    reference.log(runs[2], ref)
+    versions = [registry.register(mlflow_runs.log_model(r, other, 64, 3), "cmunext-test", {}) for r in runs]
+    assert versions[2] == "3"  # the served bento's labels say version 3
+
+    def serve(n: int, seed: int, gain: float = 1.0) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(n):
+            image = np.clip(synth_sample(rng)[0] * gain, 0, 255).astype(np.uint8)
+            assert server.post("/segment_json", png_bytes(image)).status_code == 200
+        time.sleep(1.5)  # two flushes of the log
+
+    def drift() -> tuple[int, dict]:
+        out = tmp_path / "drift.json"
+        proc = subprocess.run([str(VENV_BIN / "cmunext"), "monitor", "drift", "--model-name", "cmunext-test", "--model",
+                               "3", "--last", "60", "--json", str(out), "--set",
+                               f"monitoring.prediction_log={server.predictions}"], capture_output=True, text=True,
+                              cwd=ROOT, env={**os.environ, "CMUNEXT_HOME": str(tmp_path / "state")})
+        assert proc.returncode in (0, 3), proc.stdout + proc.stderr
+        return proc.returncode, json.loads(out.read_text())
+
+    serve(60, seed=1)
+    code, verdict = drift()
+    assert (code, verdict["drift"], verdict["requests"], verdict["version"]) == (0, False, 60, "3")
+    serve(60, seed=2, gain=0.75)
+    code, verdict = drift()
+    assert code == 3 and verdict["drift"] and verdict["features"]["intensity_mean"]["drifted"]
