@@ -1,6 +1,7 @@
-"""What the prediction log costs the served model: HTTP throughput and latency with the log off, on, and on with
-every image captured, one server after the other on the same bento, in one run (cmunext bench serving's setup:
-the server on its own core(s), the load client on another). Ratios are against the log off.
+"""What the prediction log costs the served model: HTTP throughput and latency with the log off, on, on with
+every image captured, and on with its sink unreachable, one server after the other on the same bento, in one run
+(cmunext bench serving's setup: the server on its own core(s), the load client on another). Ratios are against
+the log off.
 
     python benchmarks/prediction_log.py [--variant cmunext_s] [--per-client 20] [--json F]
 """
@@ -17,7 +18,12 @@ from cmunext.serving.serve import start_server
 
 MODES = {"off": {"CMUNEXT_PREDICTION_LOG": "off"},
          "log": {"CMUNEXT_CAPTURE_RATE": "0"},
-         "log+capture": {"CMUNEXT_CAPTURE_RATE": "1"}}
+         "log+capture": {"CMUNEXT_CAPTURE_RATE": "1"},
+         # an S3 endpoint nothing listens on, a buffer of 100: every write fails, most records are dropped
+         "log, sink down": {"CMUNEXT_CAPTURE_RATE": "0", "CMUNEXT_PREDICTION_LOG": "s3://nowhere/predictions",
+                            "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+                            "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
+                            "CMUNEXT_PREDICTION_LOG_CAPACITY": "100", "CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS": "1"}}
 
 
 def serve_and_load(tag: str, tmp: Path, mode: str, threads: int, data: bytes, per_client: int,

@@ -158,6 +158,9 @@ class MonitoringConfig(_Section):
     # Family-wise false-alarm rate of one drift check: each of its tests runs at p_value / number of tests.
     p_value: float = Field(0.01, gt=0, lt=1)
     min_requests: int = Field(50, ge=5)  # fewer in the window: no verdict (too few to decide)
+    # Corrections (`cmunext data feedback import`) since the champion was trained that make `retrain --if-changed`
+    # train; fewer, and nothing else changed, waits for more (one correction is not worth a training run).
+    min_feedback: int = Field(20, ge=1)
 
 
 class RunConfig(_Section):

@@ -1,8 +1,10 @@
 """Whether a retraining run has anything to do: it does when there is no champion, when the data digest
 or the code differ from the champion's training run, when the champion is older than
-`retrain.max_champion_age_days`, or when the champion's latest drift check (`cmunext monitor drift`) found
-drift. Used by `cmunext retrain --if-changed` (cron on one machine) and by
-the pipeline's first step (every scheduled run on a cluster), so both decide the same way.
+`retrain.max_champion_age_days`, when the champion's latest drift check (`cmunext monitor drift`) found
+drift, or when at least `monitoring.min_feedback` corrections came back from serving (`cmunext data feedback
+import`; fewer, and nothing else changed in the data, wait for more). Used by `cmunext retrain --if-changed`
+(cron on one machine) and by the pipeline's first step (every scheduled run on a cluster), so both decide the
+same way.
 """
 from __future__ import annotations
 
@@ -56,14 +58,13 @@ def decide(cfg: RunConfig, data_md5: str, code: str | None = None, now: float | 
     champ = registry.champion(cfg.registry.model_name)
     last = (registry.history(cfg.registry.model_name) or [{}])[-1]
     reasons: list[str] = []
+    waiting = None
     if champ is None:
         reasons.append(f"no champion for {cfg.registry.model_name} yet")
     else:
         tags = mlflow.MlflowClient().get_run(champ["run_id"]).data.tags
-        trained_on = tags.get("data_md5", "")
-        if trained_on != data_md5:
-            reasons.append(f"data changed: champion v{champ['version']} was trained on {trained_on[:12] or '?'}, "
-                           f"the data is now {data_md5[:12]}")
+        data, waiting = _data_reasons(cfg, champ["version"], tags.get("data_md5", ""), data_md5)
+        reasons += data
         if tags.get(CODE_TAG) != code:
             reasons.append(f"code changed: champion v{champ['version']} was trained with code "
                            f"{tags.get(CODE_TAG, 'unrecorded')}, this is {code}")
@@ -73,8 +74,8 @@ def decide(cfg: RunConfig, data_md5: str, code: str | None = None, now: float | 
                            f"(retrain.max_champion_age_days = {cfg.retrain.max_champion_age_days:g})")
         reasons += _drift_reasons(cfg.registry.model_name, champ["version"])
     decision = {"decision": "train" if reasons else "skip",
-                "reasons": reasons or [f"nothing to do: champion v{champ['version']} was trained on this data "
-                                       f"({data_md5[:12]}) with this code ({code}) and is younger than "
+                "reasons": reasons or [waiting or f"nothing to do: champion v{champ['version']} was trained on "
+                                       f"this data ({data_md5[:12]}) with this code ({code}) and is younger than "
                                        f"{cfg.retrain.max_champion_age_days:g} days"],
                 "champion_version": champ["version"] if champ else "none",
                 # the registry's last event: keys infra-validation's cache, so a re-run after a rejection boots again
@@ -83,6 +84,24 @@ def decide(cfg: RunConfig, data_md5: str, code: str | None = None, now: float | 
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
     log.info("retrain check: %s (%s)", decision["decision"], "; ".join(decision["reasons"]))
     return decision
+
+
+def _data_reasons(cfg: RunConfig, version: str, trained_on: str, data_md5: str) -> tuple[list[str], str | None]:
+    """(reasons, waiting): a data change is a reason, unless it is only corrections imported from serving feedback
+    and fewer than monitoring.min_feedback of them; then `waiting` says how many more it takes."""
+    from .monitoring.history import corrections_between
+    if trained_on == data_md5:
+        return [], None
+    need = cfg.monitoring.min_feedback
+    corrections = corrections_between(cfg.registry.model_name, trained_on, data_md5)
+    if corrections is None:
+        return [f"data changed: champion v{version} was trained on {trained_on[:12] or '?'}, the data is now "
+                f"{data_md5[:12]}"], None
+    if corrections >= need:
+        return [f"feedback: {corrections} corrections imported since champion v{version} was trained "
+                f"(monitoring.min_feedback = {need})"], None
+    return [], (f"nothing to do yet: {corrections} of {need} corrections imported since champion v{version} was "
+                f"trained (monitoring.min_feedback); the data changed by nothing else")
 
 
 def _drift_reasons(model_name: str, version: str) -> list[str]:

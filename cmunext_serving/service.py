@@ -23,7 +23,8 @@ CMUNEXT_MAX_BATCH (default 8), CMUNEXT_THREADS (inference threads, default: as e
 CMUNEXT_CPU_BF16=0 (serve the fp32 fallback even where the CPU has bf16), CMUNEXT_CPU_THREADS
 (decoding and drawing threads of the front, default 4), CMUNEXT_PREDICTION_LOG (a folder or s3://bucket/prefix;
 default <CMUNEXT_BENTO_STORE>/predictions; "off" disables), CMUNEXT_PREDICTION_LOG_CAPACITY (records held in
-memory while the sink is slow, default 10000), CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS (default 5).
+memory while the sink is slow, default 10000), CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS (default 5),
+CMUNEXT_DRIFT_REFRESH_SECONDS (how often the latest drift verdict is read back for /metrics, default 60).
 
 No torch here: the serving image has none.
 """
@@ -48,6 +49,7 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from .drift_verdict import VerdictGauge
 from .engines import ServedModel
 from .feedback import CaptureStore, FeedbackRefused, feedback_root, get
 from .guard import RequestGuard, api_token
@@ -81,6 +83,7 @@ CPU_THREADS = int(os.environ.get("CMUNEXT_CPU_THREADS", "4"))
 API_PATHS = ("/segment", "/segment_json", "/overlay")
 LOG_CAPACITY = int(os.environ.get("CMUNEXT_PREDICTION_LOG_CAPACITY", "10000"))
 LOG_FLUSH_SECONDS = float(os.environ.get("CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS", "5"))
+VERDICT_REFRESH_SECONDS = float(os.environ.get("CMUNEXT_DRIFT_REFRESH_SECONDS", "60"))
 REQUEST_ID = "X-Request-ID"
 
 _ARGS = bentoml.use_arguments()  # a bento records {model, sha256, threshold} at build time
@@ -165,6 +168,15 @@ def _prediction_log(card: dict) -> PredictionLog | None:
                          on_drop=dropped.inc)
 
 
+def _verdict_gauge(card: dict) -> VerdictGauge | None:
+    """The latest drift verdict of this version on /metrics, read from beside the prediction log."""
+    sink = sink_from_env()
+    if not sink:
+        return None
+    return VerdictGauge(sink, card.get("mlflow_model") or MODEL_NAME, card.get("mlflow_version") or "",
+                        VERDICT_REFRESH_SECONDS)
+
+
 def _error(exc: Exception) -> JSONResponse:
     status = 415 if isinstance(exc, UnsupportedImage) else 413 if isinstance(exc, TooLarge) else 400
     return JSONResponse({"error": str(exc), "status": status}, status_code=status)
@@ -228,12 +240,15 @@ class Segmenter:
         self._ran: dict | None = None  # the model service's runtime and precision, asked once
         self.predictions = _prediction_log(self.card)
         self.captures = _capture_store(self.card)
+        self.verdict = _verdict_gauge(self.card)
 
     @bentoml.on_shutdown
     def _flush_predictions(self) -> None:
         """What is still buffered goes out before the worker ends (a rolling update loses no records)."""
         if self.predictions:
             self.predictions.close()
+        if self.verdict:
+            self.verdict.close()
 
     def _prepare(self, path: Path) -> tuple[bytes, np.ndarray, np.ndarray]:
         data = Path(path).read_bytes()

@@ -221,3 +221,18 @@ def test_a_killed_writer_loses_only_its_unflushed_buffer(tmp_path):
     ids = sorted(int(r["request_id"]) for r in window.records)
     assert window.torn == [] and len(ids) > 100
     assert ids == list(range(len(ids)))  # no gap: only the newest, unflushed records are gone
+
+
+def test_a_data_change_made_of_corrections_alone_is_counted(state_home, monkeypatch):
+    """The chain of `data feedback import` records from the champion's data digest to today's: corrections alone
+    are counted (what monitoring.min_feedback weighs); any other change on the way breaks the chain."""
+    from cmunext.monitoring.history import corrections_between, log_feedback_import
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    log_feedback_import("m", "a.dir", "b.dir", ["feedback-1", "feedback-2"], None)
+    log_feedback_import("m", "b.dir", "c.dir", ["feedback-3"], "0f0f0f")
+    assert corrections_between("m", "a.dir", "c.dir") == 3
+    assert corrections_between("m", "b.dir", "c.dir") == 1
+    assert corrections_between("m", "x.dir", "c.dir") is None  # the champion's data differs by more than corrections
+    assert corrections_between("m", "a.dir", "d.dir") is None  # something else changed after the last import
+    assert corrections_between("other", "a.dir", "c.dir") is None

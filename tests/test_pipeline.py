@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, VENV_BIN, grown_dataset
+from conftest import BUSI, ROOT, VENV_BIN, busi, grown_dataset
 
 CI_TINY = str(ROOT / "configs" / "ci-tiny.yaml")
 MODEL = "cmunext-ci"
@@ -318,6 +318,51 @@ def test_a_machine_with_an_empty_state_folder_serves_the_champion(first_run, env
     assert (empty / "bentoml" / "bentos" / "cmunext-service").is_dir()  # fetched into the empty state folder
 
 
+def _serve_and_check_drift(env, tmp_path, images) -> tuple[int, dict]:
+    """Serve each of IMAGES (PNG bytes) by `cmunext serve` of the champion, then `cmunext monitor drift` of them."""
+    import time
+
+    import requests
+    log = tmp_path / "predictions"
+    served = {**env, "CMUNEXT_PREDICTION_LOG": str(log), "CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS": "0.5"}
+    with _serving(served, MODEL) as (url, _):
+        for image in images:
+            r = requests.post(f"{url}/segment_json", files={"image": ("x.png", image, "image/png")}, timeout=60)
+            assert r.status_code == 200, r.text
+        time.sleep(1.5)  # two flushes of the log
+    out = tmp_path / "drift.json"
+    proc = cmunext(env, "monitor", "drift", "--config", CI_TINY, "--last", str(len(images)), "--json", str(out),
+                   "--set", f"monitoring.prediction_log={log}")
+    assert proc.returncode in (0, 3), proc.stdout + proc.stderr[-3000:]
+    return proc.returncode, json.loads(out.read_text())
+
+
+def _synthetic_pngs(n: int, seed: int, gain: float = 1.0) -> list[bytes]:
+    from cmunext.data.synth import synth_sample
+    from cmunext_serving.runtime import png_bytes
+    rng = np.random.default_rng(seed)
+    return [png_bytes(np.clip(synth_sample(rng)[0] * gain, 0, 255).astype(np.uint8)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("traffic", ["like its data", "darker (gain 0.5)"])
+def test_drift_of_the_pipeline_champion(first_run, env, tmp_path, traffic):
+    """The champion this pipeline built, served for real, against the reference its evaluate step logged to MLflow:
+    scans made as its data were give no drift (exit 0); a gain change gives drift (exit 3)."""
+    shifted = traffic != "like its data"
+    code, verdict = _serve_and_check_drift(env, tmp_path, _synthetic_pngs(60, seed=101, gain=0.5 if shifted else 1))
+    assert (code, verdict["drift"], verdict["requests"], verdict["version"]) == (3 if shifted else 0, shifted, 60, "1")
+    assert verdict["published"].endswith("/_verdicts/cmunext-ci.json")
+
+
+@busi
+def test_real_scans_drift_from_a_synthetic_champion(first_run, env, tmp_path):
+    """60 BUSI scans against a champion trained on synthetic images: drift, on the image size and content."""
+    images = [p.read_bytes() for p in sorted((BUSI / "images").glob("*.png"))[:60]]
+    code, verdict = _serve_and_check_drift(env, tmp_path, images)
+    assert code == 3 and verdict["drift"] and verdict["content"]["drifted"]
+    assert verdict["features"]["width"]["drifted"]  # BUSI scans are larger than any synthetic one
+
+
 def test_the_logged_model_installs_from_public_indexes(first_run, env, tmp_path):
     """The requirements MLflow logged with the champion resolve on PyPI alone (pip's dry run reads PEP 658
     metadata, so nothing multi-GB is downloaded); this machine's local wheels and extra indexes are left out."""
@@ -469,3 +514,55 @@ def test_cross_validation_beside_the_test_figure(env, tmp_path):
         "parameterValues"]["run_id"]
     metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
     assert metrics["cv_iou"] == pytest.approx(cv["iou"]["value"]) and metrics["cv_folds"] == 2
+
+
+def _corrections(url: str, n: int, seed: int) -> None:
+    """N synthetic scans served with capture on, each sent back with its true mask as the correction."""
+    import time
+
+    import requests
+
+    from cmunext.data.synth import synth_sample
+    from cmunext_serving.runtime import png_bytes
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        image, mask = synth_sample(rng)
+        r = requests.post(f"{url}/segment", files={"image": ("x.png", png_bytes(image), "image/png")}, timeout=60)
+        rid = r.headers["X-Request-ID"]
+        for _ in range(100):  # the capture is written off the request path
+            fb = requests.post(f"{url}/feedback", files={"request_id": (None, rid),
+                                                         "mask": ("m.png", png_bytes(mask), "image/png")}, timeout=60)
+            if fb.status_code != 404:
+                break
+            time.sleep(0.1)
+        assert fb.status_code == 201, fb.text
+
+
+def test_corrections_come_back_and_retraining_follows(env, tmp_path):
+    """The whole loop: a champion trained on a versioned folder, served with capture on; clinicians correct 3
+    answers (POST /feedback); `data feedback import` adds them as new stems and versions the data; `retrain
+    --if-changed` waits while 3 < monitoring.min_feedback, and trains, naming the corrections, once 3 suffice."""
+    from cmunext.data.synth import write_synthetic_dataset
+    model, project = "cmunext-feedback", tmp_path / "project"
+    project.mkdir()
+    for args in (["init", "-q", "-b", "main"], ["config", "user.name", "T"], ["config", "user.email", "t@example.com"]):
+        subprocess.run(["git", *args], cwd=project, check=True)
+    write_synthetic_dataset(project / "data", 24, seed=7, progress=False)
+    sets = ["--set", f"data.source={project / 'data'}", "--set", f"registry.model_name={model}"]
+    proc = cmunext(env, "pipeline", "run", "--config", CI_TINY, *sets)
+    assert proc.returncode == 0 and "PROMOTED" in proc.stdout, proc.stderr[-3000:]
+    log = tmp_path / "predictions"
+    with _serving({**env, "CMUNEXT_PREDICTION_LOG": str(log), "CMUNEXT_CAPTURE_RATE": "1"}, model) as (url, _):
+        _corrections(url, 3, seed=8)
+    proc = cmunext(env, "data", "feedback", "import", str(project / "data"), "--project", str(project),
+                   "--model-name", model, "--set", f"monitoring.prediction_log={log}")
+    assert proc.returncode == 0 and "3 corrected pairs imported" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert "versioned: data revision" in proc.stdout
+    assert len(list((project / "data" / "images").glob("feedback-*.png"))) == 3
+    waits = cmunext(env, "retrain", "--if-changed", "--config", CI_TINY, *sets, "--set", "monitoring.min_feedback=4")
+    assert waits.returncode == 0 and "3 of 4 corrections" in waits.stdout, waits.stdout + waits.stderr[-3000:]
+    trains = cmunext(env, "retrain", "--if-changed", "--config", CI_TINY, *sets, "--set", "monitoring.min_feedback=3")
+    assert trains.returncode == 0, trains.stderr[-3000:]
+    assert "feedback: 3 corrections imported since champion v1" in trains.stdout and "PROMOTED" in trains.stdout
+    reg = json.loads(cmunext(env, "registry", "show", "--model-name", model, "--json").stdout)
+    assert reg["champion"]["version"] == "2"

@@ -164,7 +164,7 @@ def server(packaged, tmp_path_factory):
     srv = Server(packaged["bento_tag"], logs / "serve.log",
                  env={"CMUNEXT_MAX_UPLOAD_BYTES": MAX_BYTES, "CMUNEXT_MAX_PIXELS": MAX_PIXELS,
                       "CMUNEXT_PREDICTION_LOG": logs / "predictions", "CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS": "0.5",
-                      "CMUNEXT_CAPTURE_RATE": "1"})
+                      "CMUNEXT_CAPTURE_RATE": "1", "CMUNEXT_DRIFT_REFRESH_SECONDS": "0.5"})
     srv.predictions = logs / "predictions"
     yield srv
     srv.close()
@@ -429,7 +429,10 @@ def _import_feedback(source: Path, expected: dict, dataset: Path) -> None:
     def run():
         return subprocess.run([str(VENV_BIN / "cmunext"), "data", "feedback", "import", str(dataset), "--source",
                                str(source), "--model-name", "cmunext-test", "--no-version",
-                               "--set", "data.allow_empty_masks=true"], capture_output=True, text=True, cwd=ROOT)
+                               "--set", "data.allow_empty_masks=true"], capture_output=True, text=True, cwd=ROOT,
+                              env=env)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["CMUNEXT_HOME"] = str(dataset.parent / "state")  # the import's MLflow record, never in the project's
     before = {p.name for p in (dataset / "images").iterdir()}
     proc = run()
     assert proc.returncode == 0 and "2 corrected pairs imported" in proc.stdout, proc.stdout + proc.stderr
@@ -464,6 +467,30 @@ def test_an_unreachable_prediction_log_never_fails_an_answer(packaged, images, t
         srv.close()
     log = srv.log.read_text(errors="replace")
     assert log.count("prediction log: cannot write to s3://nowhere/predictions") == 1
+
+
+def test_a_killed_server_loses_at_most_its_unflushed_records(packaged, images, tmp_path):
+    """SIGKILL of a real server right after a burst of answers: the records flushed before stay whole and
+    readable; the burst's records are either written or gone, never half a line."""
+    from cmunext.monitoring import records
+
+    home = tmp_path / "bentoml"  # a home of its own, as above
+    shutil.copytree(packaged["home"] / "bentoml", home, ignore=shutil.ignore_patterns("prometheus_multiproc_dir"))
+    log = tmp_path / "predictions"
+    srv = Server(packaged["bento_tag"], tmp_path / "serve.log",
+                 env={"BENTOML_HOME": home, "CMUNEXT_PREDICTION_LOG": log, "CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS": "1"})
+    try:
+        first = {srv.post("/segment", images["gray.png"]).headers["X-Request-ID"] for _ in range(10)}
+        time.sleep(3)  # flushed
+        burst = {srv.post("/segment", images["gray.png"]).headers["X-Request-ID"] for _ in range(10)}
+        os.killpg(srv.proc.pid, signal.SIGKILL)  # no shutdown hook runs
+        srv.proc.wait(timeout=30)
+    finally:
+        srv.close()
+    model = next(p.name for p in log.iterdir() if not p.name.startswith("_"))
+    window = records.read(str(log), model)
+    seen = {r["request_id"] for r in window.records}
+    assert window.torn == [] and first <= seen and seen <= first | burst
 
 
 def test_overlay(server, images):
@@ -684,13 +711,18 @@ def test_drift_of_what_was_served(server, served_weights, tmp_path, monkeypatch)
     from cmunext.monitoring import reference
     from cmunext.predict import Predictor
     from cmunext.tracking import mlflow_runs, registry
+    from cmunext_serving.imageio import read_image
     from cmunext_serving.runtime import png_bytes
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("CMUNEXT_HOME", str(tmp_path / "state"))
     data = write_synthetic_dataset(tmp_path / "data", 160, seed=0, progress=False)
     stems = sorted(p.stem for p in (data / "images").iterdir())
-    ref = reference.compute(Predictor(served_weights).probabilities, data, stems[:100], stems[100:], 0.5)
+    answers: list[dict] = []
+    probabilities = reference.observing(Predictor(served_weights).probabilities, 0.5, answers)
+    for stem in stems[100:]:
+        probabilities(read_image(data / "images" / f"{stem}.png"))
+    ref = reference.compute(data, stems[:100], answers, 0.5)
     cfg = load_config(ROOT / "configs" / "ci-tiny.yaml")
     other = save_weights(create_model("cmunext_s"), tmp_path / "other.safetensors", "cmunext_s", 64)
     runs = [mlflow_runs.start(cfg, "workspace", "0" * 64) for _ in range(3)]
@@ -717,6 +749,19 @@ def test_drift_of_what_was_served(server, served_weights, tmp_path, monkeypatch)
     serve(60, seed=1)
     code, verdict = drift()
     assert (code, verdict["drift"], verdict["requests"], verdict["version"]) == (0, False, 60, "3")
+    assert _drift_gauge(server) == 0.0  # the verdict, read back by the server, on its /metrics
     serve(60, seed=2, gain=0.75)
     code, verdict = drift()
     assert code == 3 and verdict["drift"] and verdict["features"]["intensity_mean"]["drifted"]
+    assert _drift_gauge(server, until=1.0) == 1.0
+
+
+def _drift_gauge(server, until: float | None = None) -> float | None:
+    """cmunext_drift_detected of version 3 on the server's /metrics, once it shows (or shows UNTIL)."""
+    deadline, value = time.time() + 20, None
+    while time.time() < deadline and (value is None or (until is not None and value != until)):
+        text = requests.get(server.url + "/metrics", timeout=30).text
+        m = re.search(r'^cmunext_drift_detected\{[^}]*version="3"[^}]*\} (\S+)$', text, re.M)
+        value = float(m.group(1)) if m else None
+        time.sleep(0.3)
+    return value

@@ -90,23 +90,41 @@ def feedback_import(args) -> int:
     from cmunext_serving.feedback import feedback_root
 
     from ..data.feedback import import_feedback
+    from ..data.versioning import dataset_md5, version_data
     from ..monitoring.records import sink
     cfg = config(args)
     d = cfg.data
     root = args.source or feedback_root(sink(cfg.monitoring.prediction_log))
     checks = {"min_side": d.min_side, "max_side": d.max_side, "allow_empty_masks": d.allow_empty_masks,
               "max_foreground": d.max_foreground, "severity": d.severity}
-    r = import_feedback(root, args.model_name or cfg.registry.model_name, args.dir, args.since, checks)
+    model = args.model_name or cfg.registry.model_name
+    before = dataset_md5(args.dir)["md5"] if Path(args.dir).is_dir() else ""
+    r = import_feedback(root, model, args.dir, args.since, checks)
     print(f"{args.dir}: {r['imported']} corrected pairs imported from {r['source']} ({r['already']} imported "
           f"before, {len(r['skipped'])} skipped)")
     for item in r["skipped"]:
         print(f"  skipped {item['request_id']}: {item['reason']}")
-    if r["imported"] and not args.no_version:
-        from ..data.versioning import version_data
+    if not r["imported"]:
+        return EXIT_OK
+    revision = None
+    if not args.no_version:
         folder = Path(args.dir).resolve().relative_to(Path(args.project).resolve())
-        v = version_data(args.project, str(folder), f"data: {r['imported']} corrected pairs from serving feedback")
-        print(f"versioned: data revision {v['revision']}")
+        revision = version_data(args.project, str(folder),
+                                f"data: {r['imported']} corrected pairs from serving feedback")["revision"]
+        print(f"versioned: data revision {revision}")
+    _record_feedback(model, before, dataset_md5(args.dir)["md5"], r["stems"], revision)
     return EXIT_OK
+
+
+def _record_feedback(model: str, before: str, after: str, stems: list[str], revision: str | None) -> None:
+    """The import in MLflow (`<model>-monitoring`): `retrain --if-changed` counts corrections from these records.
+    Without it, the next check sees a data change and trains: safe, so a refusing server is a warning."""
+    from ..monitoring.history import log_feedback_import
+    try:
+        log_feedback_import(model, before, after, stems, revision)
+    except Exception as exc:  # noqa: BLE001 - MLflow's many errors: the data is imported either way
+        print(f"warning: the import is not recorded in MLflow ({type(exc).__name__}: {exc}); the next "
+              "`retrain --if-changed` sees it as a data change and trains")
 
 
 def register(sub) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 from .common import EXIT_OK, EXIT_RETRY, add_config_args, config, since_time
@@ -34,9 +35,24 @@ def drift(args) -> int:
               "version": version["version"], "torn": window.torn, "log": f"{root}/{name}"}
     page = _report(args.report, result, ref, window.records, name, version["version"])
     result["mlflow_run"] = history.log_check(name, version["version"], result, page.parent if page else None)
+    _publish(root, result)
     print(tests.verdict_line(result, name, version["version"]) + (f"\nreport: {page}" if page else ""))
     _write_json(args.json, result)
     return EXIT_DRIFT if result["drift"] else EXIT_OK
+
+
+def _publish(root: str, result: dict) -> None:
+    """The verdict beside the prediction log, where the server reads it for its cmunext_drift_detected gauge
+    (cmunext_serving/drift_verdict.py). MLflow holds it already: a store that refuses the write is a warning."""
+    from cmunext_serving.drift_verdict import verdict_record, verdict_uri
+    from cmunext_serving.prediction_log import put
+    uri = verdict_uri(root, result["model"])
+    try:
+        put(uri, json.dumps(verdict_record(result, time.time())).encode())
+        result["published"] = uri
+    except Exception as exc:  # noqa: BLE001 - botocore's and the file system's many errors: one warning
+        print(f"warning: the verdict is in MLflow but could not be written to {uri} ({type(exc).__name__}: {exc}); "
+              "the server's cmunext_drift_detected gauge keeps its last value")
 
 
 def _version(name: str, model: str) -> dict:

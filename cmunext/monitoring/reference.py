@@ -25,28 +25,38 @@ class NoReference(CmunextError, LookupError):
     """The model version has no reference: the message names it and says how to make one."""
 
 
-def compute(probabilities: Callable[[np.ndarray], np.ndarray], data_dir: str | Path, train: list[str],
-            test: list[str], threshold: float) -> dict:
-    """{"features": {name: [values]}, "sources": ...}; image features over TRAIN, prediction features over TEST."""
+def compute(data_dir: str | Path, train: list[str], predictions: list[dict], threshold: float) -> dict:
+    """{"features": {name: [values]}, "sources": ...}: image features over TRAIN's images, and PREDICTIONS (the
+    prediction features of the test split's answers, kept by `observing` while the evaluate step scores them)."""
     root = Path(data_dir) / "images"
     columns: dict[str, list[float]] = {name: [] for name in FEATURES}
     for stem in _spread(train):
         for name, value in image_features(read_image(find_file(root, stem))).items():
             columns[name].append(value)
-    for stem in _spread(test):
-        image = read_image(find_file(root, stem))
-        for name, value in prediction_features(probabilities(image), threshold).items():
+    for seen in _spread(predictions):
+        for name, value in seen.items():
             columns[name].append(value)
     return {"format": 1, "threshold": threshold, "features": columns,
             "sources": {"image": f"training split, {min(len(train), MAX_IMAGES)} images",
-                        "prediction": f"test split, {min(len(test), MAX_IMAGES)} images"}}
+                        "prediction": f"test split, {min(len(predictions), MAX_IMAGES)} images"}}
 
 
-def _spread(stems: list[str]) -> list[str]:
-    """At most MAX_IMAGES stems, evenly spread (deterministic)."""
-    if len(stems) <= MAX_IMAGES:
-        return list(stems)
-    return [stems[i] for i in np.linspace(0, len(stems) - 1, MAX_IMAGES).astype(int)]
+def observing(probabilities: Callable[[np.ndarray], np.ndarray], threshold: float,
+              into: list[dict]) -> Callable[[np.ndarray], np.ndarray]:
+    """PROBABILITIES, also keeping the prediction features of each answer in INTO: the reference's prediction half
+    comes out of the pass that scores the test split, not a second pass over it."""
+    def run(image: np.ndarray) -> np.ndarray:
+        prob = probabilities(image)
+        into.append(prediction_features(prob, threshold))
+        return prob
+    return run
+
+
+def _spread(items: list) -> list:
+    """At most MAX_IMAGES items, evenly spread (deterministic)."""
+    if len(items) <= MAX_IMAGES:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, MAX_IMAGES).astype(int)]
 
 
 def log(run_id: str, reference: dict) -> None:

@@ -33,13 +33,20 @@ def _trained_on(run_id: str, dest: Path) -> set[str] | None:
     return set(split.get("train", [])) | set(split.get("val", []))
 
 
-def _score(cfg: RunConfig, weights: Path, data_dir: Path, stems: list[str], workdir: Path) -> tuple[list, dict, object]:
+def _score(cfg: RunConfig, weights: Path, data_dir: Path, stems: list[str], workdir: Path,
+           observed: list[dict] | None = None) -> tuple[list, dict, object]:
+    """Per-image rows, the latency of the fp32 serving artifact, and the predictor; with OBSERVED, the prediction
+    features of each answer are kept there too (the drift reference, cmunext/monitoring/reference.py)."""
     from ..evaluation import latency_ms, score_images
+    from ..monitoring.reference import observing
     from ..predict import Predictor
     from ..serving_artifact import serving_runner
 
     predictor = Predictor(weights, cfg.eval.threshold)
-    rows = score_images(predictor.probabilities, data_dir, stems, cfg.eval.threshold, progress=False)
+    probabilities = predictor.probabilities
+    if observed is not None:
+        probabilities = observing(probabilities, cfg.eval.threshold, observed)
+    rows = score_images(probabilities, data_dir, stems, cfg.eval.threshold, progress=False)
     run, artifact = serving_runner(weights, workdir)
     lat = latency_ms(run, cfg.eval.latency_runs, cfg.eval.latency_warmup)
     lat["artifact"] = artifact
@@ -83,7 +90,9 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
         raise StepFailed("the test split is empty: raise data.split_ratios[2] or add data")
     classes = read_classes(data_dir)  # mapping.csv of the dataset (BUSI: benign, malignant), if any
     artifact = Path(artifact_dir) if artifact_dir else out_dir / "artifact"
-    evaluation, predictor = _score_candidate(cfg, Path(weights), data_dir, preprocessed_dir, stems, artifact, classes)
+    observed: list[dict] = []
+    evaluation, predictor = _score_candidate(cfg, Path(weights), data_dir, preprocessed_dir, stems, artifact, classes,
+                                             observed)
     evaluation["champion"] = _compare_with_champion(cfg, evaluation["per_image"], data_dir, stems, classes, out_dir)
     if cfg.eval.cv_folds:
         from ..cross_validation import cross_validate
@@ -93,27 +102,28 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
     if run_id:
         _log_evaluation(run_id, evaluation, gallery_png)
-    _log_reference(cfg, predictor, data_dir, split, out_dir, run_id)
+    _log_reference(cfg, observed, data_dir, split, out_dir, run_id)
     return evaluation
 
 
-def _log_reference(cfg: RunConfig, predictor, data_dir: Path, split: dict, out_dir: Path, run_id: str | None) -> None:
+def _log_reference(cfg: RunConfig, observed: list[dict], data_dir: Path, split: dict, out_dir: Path,
+                   run_id: str | None) -> None:
     """What `cmunext monitor drift` compares served traffic with, logged with the model (cmunext/monitoring)."""
     from ..monitoring import reference
 
-    ref = reference.compute(predictor.probabilities, data_dir, split["train"], split["test"], cfg.eval.threshold)
+    ref = reference.compute(data_dir, split["train"], observed, cfg.eval.threshold)
     (out_dir / "reference.json").write_text(json.dumps(ref))
     if run_id:
         reference.log(run_id, ref)
 
 
 def _score_candidate(cfg: RunConfig, weights: Path, data_dir: Path, preprocessed_dir: Path, stems: list[str],
-                     artifact: Path, classes: dict) -> tuple[dict, object]:
+                     artifact: Path, classes: dict, observed: list[dict]) -> tuple[dict, object]:
     """The model's metrics on the test split, its serving form and the latency of that form."""
     from ..evaluation import breakdown, count_macs, summarize
     from ..models import count_parameters
 
-    rows, lat, predictor = _score(cfg, weights, data_dir, stems, artifact)
+    rows, lat, predictor = _score(cfg, weights, data_dir, stems, artifact, observed)
     precision = _choose_precision(cfg, artifact, data_dir, preprocessed_dir, stems)
     if precision["chosen"] != "onnxruntime/fp32":  # the gate judges the form that ships; fp32 stays for the
         lat = {**_artifact_latency(cfg, artifact), "fp32_p95_ms": lat["p95_ms"]}  # like-for-like champion ratio
