@@ -135,6 +135,35 @@ class GateConfig(_Section):
     # must be >= -class_iou_tolerance (non-inferiority on, say, malignant lesions).
     noninferior_class: str | None = None
     class_iou_tolerance: float = Field(0.05, ge=0)
+    # The live gate (docs/rollout.md): when any is set, a model that passes everything above becomes `candidate`,
+    # not champion; `cmunext registry promote-shadowed VERSION` promotes it once its shadow figures meet these.
+    shadow_min_requests: int | None = Field(None, ge=1)            # answered copies at least
+    shadow_min_agreement: float | None = Field(None, ge=0, le=1)   # mean mask IoU with the champion
+    shadow_max_latency_ratio: float | None = Field(None, gt=0)     # candidate p95 / champion p95 (servers' own times)
+    shadow_max_errors: int | None = Field(None, ge=0)              # failed copies at most
+
+    # A canary (docs/rollout.md: Flagger on Kubernetes, `cmunext serve --canary` on one machine) is rolled back
+    # when, over one interval with at least canary_min_requests of its requests, its error rate or its p95 latency
+    # against the champion's exceeds these; on Kubernetes its weight steps through canary_step_weights.
+    canary_step_weights: list[int] = Field(default_factory=lambda: [10, 25, 50])
+    canary_interval_s: int = Field(60, ge=1)
+    canary_min_requests: int = Field(10, ge=1)
+    canary_max_error_rate: float = Field(0.05, ge=0, le=1)
+    canary_max_latency_ratio: float = Field(1.5, gt=0)
+
+    @model_validator(mode="after")
+    def _ascending_weights(self) -> GateConfig:
+        w = self.canary_step_weights
+        if not w or any(not 0 < x <= 100 for x in w) or w != sorted(set(w)):
+            raise ValueError(f"gate.canary_step_weights must be ascending percentages in 1..100, e.g. [10, 25, 50]; "
+                             f"got {w}")
+        return self
+
+    @property
+    def live(self) -> bool:
+        """Whether promotion waits for shadow figures."""
+        return any(v is not None for v in (self.shadow_min_requests, self.shadow_min_agreement,
+                                           self.shadow_max_latency_ratio, self.shadow_max_errors))
 
 
 class RegistryConfig(_Section):

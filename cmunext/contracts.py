@@ -99,8 +99,9 @@ class InfraValidation(_Contract):
 
 
 class Promotion(_Contract):
-    """The promote step's outcome (cmunext.steps.promote): a stale refusal is an outcome, not a failure."""
-    event: Literal["promoted", "already_registered", "stale"]
+    """The promote step's outcome (cmunext.steps.promote): a stale refusal is an outcome, not a failure; with a live
+    gate (gate.shadow_*), a model that passed becomes `candidate`."""
+    event: Literal["promoted", "already_registered", "stale", "candidate"]  # candidate: waits for the live gate
     model: str
     version: str
     reason: str = ""

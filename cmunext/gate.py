@@ -114,3 +114,26 @@ def report_markdown(decision: GateDecision | dict, evaluation: Evaluation | dict
                          + (f", specificity {b['detection']['specificity']['value']:.1%}." if b["normal"]["images"] else "."))
     lines += ["", "Reasons:"] + [f"- {r}" for r in decision.reasons]
     return "\n".join(lines) + "\n"
+
+
+def shadow_checks(figures: dict, gate: GateConfig) -> list[dict]:
+    """The live gate's checks of a shadowed candidate's figures (cmunext/monitoring/shadow.py), those set only."""
+    checks = []
+    if gate.shadow_min_requests is not None:
+        n = figures["answered"]
+        checks.append(_check("shadow requests", n >= gate.shadow_min_requests, n, gate.shadow_min_requests, ">="))
+    if gate.shadow_max_errors is not None:
+        n = figures["errors"]
+        checks.append(_check("shadow errors", n <= gate.shadow_max_errors, n, gate.shadow_max_errors, "<="))
+    for name, key, limit, comparison in (("shadow mask agreement (mean IoU)", "mean_iou", gate.shadow_min_agreement, ">="),
+                                         ("shadow latency ratio (p95)", "latency_ratio_p95",
+                                          gate.shadow_max_latency_ratio, "<=")):
+        if limit is None:
+            continue
+        value = figures.get(key)
+        if value is None:
+            checks.append(_missing(name, "no answered shadow copies"))
+        else:
+            passed = value >= limit if comparison == ">=" else value <= limit
+            checks.append(_check(name, passed, value, limit, comparison))
+    return checks

@@ -78,7 +78,8 @@ def _startup_error(log: Path) -> str | None:
     return errors[-1] if errors else "see the server log"
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> float:
+def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> float:
+    """Seconds until URL answers /readyz; RuntimeError naming the start-up error when the server fails first."""
     import requests
 
     started = time.monotonic()
@@ -172,7 +173,7 @@ def _check_server(url: str, proc: subprocess.Popen, log: Path, token: str, model
 
     auth = {"Authorization": f"Bearer {token}"}
     try:
-        result["ready_s"] = round(_wait_ready(url, proc, log), 1)
+        result["ready_s"] = round(wait_ready(url, proc, log), 1)
         images = {s: find_file(data_dir / "images", s) for s in canaries}
         _check_masks(url, auth, images, model, threshold, result)
         _check_served_form(url, auth, images[canaries[0]], model, result)

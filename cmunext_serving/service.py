@@ -49,6 +49,7 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from .canary import Canary, canary_from_env
 from .drift_verdict import VerdictGauge
 from .engines import ServedModel
 from .feedback import CaptureStore, FeedbackRefused, feedback_root, get
@@ -70,6 +71,7 @@ from .runtime import (
     resize_back,
     verify_artifact,
 )
+from .shadow import Shadow, shadow_from_env
 from .ui import PAGE
 
 log = logging.getLogger("cmunext.serving")
@@ -118,7 +120,9 @@ def model_card(stored) -> dict:
 
 
 def _png(out: tuple) -> Response:
-    return Response(out[0], media_type="image/png", headers={REQUEST_ID: out[2]})
+    # Server-Timing: the time spent here, comparable across servers (a shadowing champion reads it)
+    return Response(out[0], media_type="image/png",
+                    headers={REQUEST_ID: out[2], "Server-Timing": f"total;dur={out[1]['total']:.2f}"})
 
 
 def checked_mask(data: bytes, captured: dict) -> bytes:
@@ -175,6 +179,48 @@ def _verdict_gauge(card: dict) -> VerdictGauge | None:
         return None
     return VerdictGauge(sink, card.get("mlflow_model") or MODEL_NAME, card.get("mlflow_version") or "",
                         VERDICT_REFRESH_SECONDS)
+
+
+def _shadow(card: dict) -> Shadow | None:
+    """The candidate this server shadows (CMUNEXT_SHADOW_URL), with its figures on /metrics; None when none."""
+    if not os.environ.get("CMUNEXT_SHADOW_URL"):
+        return None
+    metrics = {
+        "requests": bentoml.metrics.Counter(
+            name="cmunext_shadow_requests_total", labelnames=["candidate", "outcome"],
+            documentation="copies of served requests sent to the shadowed candidate: answered, error, skipped "
+                          "(queue full: the candidate fell behind)"),
+        "iou": bentoml.metrics.Histogram(
+            name="cmunext_shadow_mask_iou", labelnames=["candidate"],
+            buckets=(0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            documentation="IoU of the candidate's mask with the champion's, per shadowed request"),
+        "latency": bentoml.metrics.Histogram(
+            name="cmunext_shadow_candidate_latency_seconds", labelnames=["candidate"],
+            documentation="the candidate's answer time, seen from this server")}
+    return shadow_from_env(card.get("mlflow_model") or MODEL_NAME, card.get("mlflow_version") or "",
+                           sink_from_env(), api_token(), metrics)
+
+
+def _canary(card: dict) -> Canary | None:
+    """The candidate this server canaries (CMUNEXT_CANARY_URL), with its weight and outcomes on /metrics."""
+    if not os.environ.get("CMUNEXT_CANARY_URL"):
+        return None
+    metrics = {
+        "requests": bentoml.metrics.Counter(
+            name="cmunext_canary_requests_total", labelnames=["candidate", "outcome"],
+            documentation="requests sent to the canary: answered (its answer returned) or error (the champion's)"),
+        "weight": bentoml.metrics.Gauge(
+            name="cmunext_canary_weight", labelnames=["candidate"], multiprocess_mode="livemostrecent",
+            documentation="share of the requests sent to the canary; 0 once rolled back")}
+    return canary_from_env(card.get("mlflow_model") or MODEL_NAME, card.get("mlflow_version") or "",
+                           sink_from_env(), api_token(), metrics)
+
+
+def _canary_response(answered: tuple, candidate: str) -> Response:
+    status, body, media_type, ms, request_id = answered  # the candidate logged it under its request id
+    return Response(body, status_code=status, media_type=media_type,
+                    headers={"X-Served-By": f"canary v{candidate}", "Server-Timing": f"total;dur={ms:.2f}",
+                             REQUEST_ID: request_id})
 
 
 def _error(exc: Exception) -> JSONResponse:
@@ -241,6 +287,8 @@ class Segmenter:
         self.predictions = _prediction_log(self.card)
         self.captures = _capture_store(self.card)
         self.verdict = _verdict_gauge(self.card)
+        self.shadow = _shadow(self.card)
+        self.canary = _canary(self.card)
 
     @bentoml.on_shutdown
     def _flush_predictions(self) -> None:
@@ -249,6 +297,8 @@ class Segmenter:
             self.predictions.close()
         if self.verdict:
             self.verdict.close()
+        if self.shadow:
+            self.shadow.close()
 
     def _prepare(self, path: Path) -> tuple[bytes, np.ndarray, np.ndarray]:
         data = Path(path).read_bytes()
@@ -273,30 +323,39 @@ class Segmenter:
                     raise
                 log.info("model service connection dropped (%s: %s); retrying", type(exc).__name__, exc)
 
-    async def _run(self, path: Path, render):
+    async def _run(self, path: Path, render, route: str):
         """Decode, preprocess, infer (batched), resize back, threshold, then RENDER(image, prob, mask) in a
-        worker thread. Returns (rendered, timings in ms, request id) or a 4xx JSONResponse saying what is wrong."""
+        worker thread. Returns (rendered, timings in ms, request id), a 4xx JSONResponse saying what is wrong, or
+        a canary's answer (a Response) when a canary runs and this valid request went to it."""
         t0 = time.perf_counter()
         try:
             data, image, x = await self._work(self._prepare, path)
         except DataError as exc:
             return _error(exc)
+        if self.canary and self.canary.routes():
+            answered = await self.canary.answer(route, data, Path(path).name)
+            if answered is not None:  # else: the candidate failed (counted) and the champion answers
+                return _canary_response(answered, self.canary.candidate)
         t1 = time.perf_counter()
         small = (await self._infer(x[None]))[0]
         t2 = time.perf_counter()
 
         def finish():
             prob = resize_back(small, image.shape[0], image.shape[1])
-            rendered = render(image, prob, (prob > SERVED_THRESHOLD).astype(np.uint8))
-            return rendered, features(image, prob, SERVED_THRESHOLD) if self.predictions else {}
+            mask = (prob > SERVED_THRESHOLD).astype(np.uint8)
+            return render(image, prob, mask), features(image, prob, SERVED_THRESHOLD) if self.predictions else {}, mask
 
-        result, seen = await self._work(finish)
+        result, seen, mask = await self._work(finish)
         timing = {"total": (time.perf_counter() - t0) * 1000, "decode": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}
+        if self.canary:
+            self.canary.champion_answered(timing["total"])
         request_id = uuid.uuid4().hex
         captured = bool(self.captures and self.captures.wants(request_id))
         if captured:  # queued for the capture thread; a full queue skips it
             self.captures.capture(request_id, data, image.shape[1], image.shape[0])
         await self._record(request_id, {**seen, "captured": captured}, timing["total"])
+        if self.shadow and self.shadow.wants(request_id):  # after the answer is ready: never waits for the candidate
+            self.shadow.submit(request_id, data, mask, timing["total"])
         return result, timing, request_id
 
     async def _served(self) -> dict:
@@ -316,14 +375,14 @@ class Segmenter:
     @bentoml.api(route="/segment")
     async def segment(self, image: Path) -> PILImage.Image:
         """The lesion mask (PNG, 0 = background, 255 = lesion) at the uploaded image's size."""
-        out = await self._run(image, lambda img, prob, mask: png_bytes(mask * 255))
+        out = await self._run(image, lambda img, prob, mask: png_bytes(mask * 255), "/segment")
         return out if isinstance(out, Response) else _png(out)
 
     @bentoml.api(route="/segment_json")
     async def segment_json(self, image: Path) -> dict:
         """Lesion area (pixels, fraction), bounding boxes of connected regions, mean probability inside the
         mask, the model, the server-side latency and the request id."""
-        out = await self._run(image, lambda img, prob, mask: mask_summary(prob, mask))
+        out = await self._run(image, lambda img, prob, mask: mask_summary(prob, mask), "/segment_json")
         if isinstance(out, Response):
             return out
         summary, timing, request_id = out
@@ -375,7 +434,7 @@ class Segmenter:
     @bentoml.api(route="/overlay")
     async def overlay(self, image: Path) -> PILImage.Image:
         """The image (RGB PNG) with the lesion tinted and outlined."""
-        out = await self._run(image, lambda img, prob, mask: png_bytes(overlay(img, mask)))
+        out = await self._run(image, lambda img, prob, mask: png_bytes(overlay(img, mask)), "/overlay")
         return out if isinstance(out, Response) else _png(out)
 
 

@@ -35,7 +35,8 @@ def _read(run_dir: Path | None, step: str, output: str, contract, cached: dict[s
 
 def outcome(check: str | None, decision: GateDecision | None, infra: InfraValidation | None,
             promotion: Promotion | None, moved: bool) -> dict:
-    """{kind, line, reasons}: promoted, already_registered, rejected (gate or infra-validation), stale or skip.
+    """{kind, line, reasons}: promoted, candidate (the live gate is set), already_registered, rejected (gate or
+    infra-validation), stale or skip.
     MOVED: whether the champion changed during the run (a promote step taken from the cache moved nothing)."""
     if check == "skip" or decision is None:
         return {"kind": "skip", "line": "nothing to do", "reasons": []}
@@ -46,6 +47,10 @@ def outcome(check: str | None, decision: GateDecision | None, infra: InfraValida
     if promotion is None or promotion.event == "already_registered" or (promotion.event == "promoted" and not moved):
         return {"kind": "already_registered", "reasons": decision.reasons,
                 "line": "passed, champion unchanged (this training run is already registered)"}
+    if promotion.event == "candidate":
+        return {"kind": "candidate", "reasons": decision.reasons,
+                "line": f"CANDIDATE v{promotion.version}: passed; the live gate promotes it once shadowed (cmunext "
+                        f"serve --shadow {promotion.version}, then cmunext registry promote-shadowed {promotion.version})"}
     if promotion.event == "stale":
         return {"kind": "stale", "reasons": [promotion.reason],
                 "line": f"not promoted: champion moved to v{promotion.champion} while this run was deciding; "

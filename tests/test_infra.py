@@ -568,7 +568,9 @@ def network(rendered):
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
     pods = {d["metadata"]["name"]: (d["metadata"]["namespace"], template(d)["metadata"]["labels"])
             for d in docs if d["kind"] in WORKLOADS}
-    return policies, {**pods, **OTHER_PODS}
+    serving = pods["cmunext-serving"]  # Flagger's primary copy: the selector label renamed, the others kept
+    primary = (serving[0], {**serving[1], "app.kubernetes.io/name": "cmunext-serving-primary"})
+    return policies, {**pods, "cmunext-serving-primary": primary, **OTHER_PODS}
 
 
 def test_network_policies_deny_by_default_and_select_real_pods(network):
@@ -606,6 +608,13 @@ EXPECTED = [  # (source, destination, port, allowed)
     ("postgres", "mlflow", 5000, False), ("minio", "postgres", 5432, False), ("prometheus", "mlflow", 5000, False),
     ("stranger", "mlflow", 5000, False), ("stranger", "minio", 9000, False), ("stranger", "postgres", 5432, False),
     ("stranger", "cmunext-serving", 3000, False),
+    # a Flagger rollout's primary pods are served and watched like the Deployment's own
+    ("ingress controller", "cmunext-serving-primary", 3000, True), ("prometheus", "cmunext-serving-primary", 3000, True),
+    ("cmunext-serving-primary", "mlflow", 5000, True), ("cmunext-serving-primary", "minio", 9000, True),
+    ("cmunext-serving-primary", "postgres", 5432, False), ("stranger", "cmunext-serving-primary", 3000, False),
+    ("cmunext-rollout-follow", "mlflow", 5000, True), ("cmunext-rollout-follow", "minio", 9000, True),
+    ("cmunext-rollout-follow", "postgres", 5432, False), ("cmunext-rollout-follow", "cmunext-serving", 3000, False),
+    ("cmunext-serving", "stranger", 443, False), ("cmunext-drift", "stranger", 443, False),
 ]
 
 
@@ -833,3 +842,113 @@ def test_documented_build_files_exist():
             assert (ROOT / dockerfile).exists(), f"{doc.name}: {dockerfile} does not exist"
             found += 1
     assert found, "no `docker build -f ...` documented"
+
+
+# ---------------------------------------------------------------- the canary: Flagger's resources
+
+FLAGGER_CRDS = ROOT / "tests" / "schemas" / "flagger-crd-1.44.0.yaml"
+
+
+def _flagger_schema(kind: str) -> dict:
+    crd = next(d for d in load(FLAGGER_CRDS) if d["spec"]["names"]["kind"] == kind)
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"]["openAPIV3Schema"]
+
+
+def _unknown_fields(obj, schema: dict, path: str = "") -> list[str]:
+    """Fields the schema does not declare (the API server would drop them silently): strict, like kubectl's."""
+    if isinstance(obj, dict) and "properties" in schema:
+        loose = schema.get("additionalProperties") or schema.get("x-kubernetes-preserve-unknown-fields")
+        return [f for k, v in obj.items() for f in (
+            _unknown_fields(v, schema["properties"][k], f"{path}.{k}") if k in schema["properties"]
+            else [] if loose else [f"{path}.{k}"])]
+    if isinstance(obj, list) and "items" in schema:
+        return [f for i, item in enumerate(obj) for f in _unknown_fields(item, schema["items"], f"{path}[{i}]")]
+    return []
+
+
+def flagger_errors(d: dict) -> list[str]:
+    import jsonschema
+    schema = _flagger_schema(d["kind"])
+    errors = [f"{'.'.join(map(str, e.path))}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(d)]
+    return errors + [f"unknown field {f}" for f in _unknown_fields(d, schema)]
+
+
+def test_canary_resources_validate_against_flaggers_crds():
+    """`cmunext deploy --canary`'s Canary and MetricTemplates, from the config's gate.canary_*, against Flagger
+    1.44's CRD schemas (unknown fields fail too)."""
+    from cmunext.config import GateConfig
+    from cmunext.containers.canary import resources
+
+    docs = resources(GateConfig(canary_step_weights=[5, 20, 60], canary_max_error_rate=0.02, canary_interval_s=30))
+    for d in docs:
+        assert flagger_errors(d) == [], (d["kind"], d["metadata"]["name"])
+    analysis = docs[-1]["spec"]["analysis"]
+    assert (analysis["stepWeights"], analysis["interval"], analysis["threshold"]) == ([5, 20, 60], "30s", 1)
+    limits = {m["name"]: m["thresholdRange"]["max"] for m in analysis["metrics"]}
+    assert limits == {"error-rate": 2.0, "latency-ratio": 1.5}
+    assert {m["templateRef"]["name"] for m in analysis["metrics"]} == {d["metadata"]["name"] for d in docs[:-1]}
+
+
+def test_the_canary_check_catches_mistakes():
+    from cmunext.config import GateConfig
+    from cmunext.containers.canary import canary
+
+    good = canary(GateConfig())
+    typo, both, interval = copy.deepcopy(good), copy.deepcopy(good), copy.deepcopy(good)
+    typo["spec"]["analysis"]["treshold"] = 2
+    both["spec"]["analysis"]["stepWeight"] = 10  # stepWeight and stepWeights: Flagger's oneOf refuses it
+    interval["spec"]["analysis"]["interval"] = "one minute"
+    for bad in (typo, both, interval):
+        assert flagger_errors(bad), bad["spec"]["analysis"]
+
+
+def test_deploy_canary_hands_the_service_to_flagger(rendered, tmp_path):
+    """The rendered base with the canary added: the Canary's targets exist and its port is the Service's; the
+    Service itself is left to Flagger (which makes it, with -primary and -canary)."""
+    from cmunext.config import GateConfig
+    from cmunext.containers.canary import add_canary
+
+    service = next(d for d in rendered["base"] if d["kind"] == "Service" and d["metadata"]["name"] == "cmunext-serving")
+    out = tmp_path / "cmunext.yaml"
+    out.write_text(yaml.safe_dump_all(rendered["base"]))
+    add_canary(out, GateConfig())
+    docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
+    spec = next(d for d in docs if d["kind"] == "Canary")["spec"]
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for ref in ("targetRef", "ingressRef", "autoscalerRef"):
+        assert (spec[ref]["kind"], spec[ref]["name"]) in names
+    assert ("Service", "cmunext-serving") not in names
+    assert (spec["service"]["port"], spec["service"]["portName"]) == (service["spec"]["ports"][0]["port"],
+                                                                      service["spec"]["ports"][0]["name"])
+
+
+def test_deploy_shadow_adds_a_candidate_the_policies_treat_as_serving(rendered, tmp_path):
+    """`cmunext deploy --shadow 7`: the candidate as its own Deployment and ClusterIP Service (prediction log off,
+    not behind the Ingress), the champion pointed at it; the champion may reach it, a stranger may not."""
+    kv = pytest.importorskip("kubernetes_validate")
+    from cmunext.containers.shadow import add_shadow
+
+    out = tmp_path / "cmunext.yaml"
+    out.write_text(yaml.safe_dump_all(rendered["base"]))
+    add_shadow(out, "localhost/cmunext-serving:cmunext-v7", "7")
+    docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
+    for d in docs:
+        kv.validate(d, K8S_VERSION, strict=True)
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    champion, shadow = by[("Deployment", "cmunext-serving")], by[("Deployment", "cmunext-serving-shadow")]
+    env = {e["name"]: e.get("value") for e in template(champion)["spec"]["containers"][0]["env"]}
+    assert env["CMUNEXT_SHADOW_URL"] == "http://cmunext-serving-shadow.cmunext.svc.cluster.local:80"
+    assert env["CMUNEXT_SHADOW_VERSION"] == "7"
+    container = template(shadow)["spec"]["containers"][0]
+    assert container["image"].endswith(":cmunext-v7") and {"name": "CMUNEXT_PREDICTION_LOG", "value": "off"} in container["env"]
+    labels = {name: template(d)["metadata"]["labels"] for name, d in (("champion", champion), ("shadow", shadow))}
+    assert _selects({"matchLabels": by[("Service", "cmunext-serving-shadow")]["spec"]["selector"]}, labels["shadow"])
+    assert not _selects({"matchLabels": by[("Service", "cmunext-serving")]["spec"]["selector"]}, labels["shadow"])
+    backends = {p["backend"]["service"]["name"] for r in by[("Ingress", "cmunext-serving")]["spec"]["rules"]
+                for p in r["http"]["paths"]}
+    assert backends == {"cmunext-serving"}
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pods = {name: ("cmunext", lab) for name, lab in labels.items()}
+    assert allowed(policies, pods["champion"], pods["shadow"], 3000)
+    assert not allowed(policies, OTHER_PODS["stranger"], pods["shadow"], 3000)
+    assert not allowed(policies, OTHER_PODS["pipeline step"], pods["shadow"], 3000)

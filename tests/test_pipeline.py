@@ -238,18 +238,22 @@ def test_compiled_yaml_has_every_step_and_the_gate_condition(tmp_path):
 
 
 @contextmanager
-def _serving(env, model: str):
-    """`cmunext serve` of MODEL's champion, ready; yields its URL and port. SIGTERM at the end, as `kill` and
-    Kubernetes send it: it goes on to the bentoml server."""
+def _serving(env, model: str, *extra: str, lines: list | None = None):
+    """`cmunext serve` of MODEL's champion, ready; yields its URL and port; its output lines go to LINES as they
+    come (read all along: a full pipe would stall the server). SIGTERM at the end, as `kill` and Kubernetes send
+    it: it goes on to the bentoml server."""
     import signal
+    import threading
     import time
 
     import requests
     from conftest import free_port, wait_for_port
 
     port = free_port()
-    proc = subprocess.Popen([str(VENV_BIN / "cmunext"), "serve", "--model-name", model, "--port", str(port)],
+    proc = subprocess.Popen([str(VENV_BIN / "cmunext"), "serve", "--model-name", model, "--port", str(port), *extra],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sink = lines if lines is not None else []
+    threading.Thread(target=lambda: sink.extend(iter(proc.stdout.readline, "")), daemon=True).start()
     try:
         wait_for_port(port, proc, timeout=180)
         deadline = time.time() + 120
@@ -260,10 +264,10 @@ def _serving(env, model: str):
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.communicate(timeout=60)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.communicate()
+            proc.wait()
 
 
 def _png(height: int, width: int, seed: int) -> bytes:
@@ -452,6 +456,77 @@ def test_promotion_and_rollback_change_what_is_served(first_run, env):
     assert _served(env, MODEL)["model"]["mlflow_version"] == previous
 
 
+def test_serve_shadows_another_version(first_run, env, tmp_path):
+    """`cmunext serve --shadow VERSION`: the champion answers; the other version's bento, fetched from the bento
+    store, answers a copy of each request beside it; `cmunext registry shadow` reads the figures back. A version
+    with no bento is refused, naming it."""
+    import requests
+    champion = registry(env)["champion"]["version"]
+    candidate = "2" if champion == "1" else "1"
+    log = tmp_path / "predictions"
+    served = {**env, "CMUNEXT_PREDICTION_LOG": str(log), "CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS": "0.5"}
+    with _serving(served, MODEL, "--shadow", candidate) as (url, _):
+        for seed in range(5):
+            r = requests.post(f"{url}/segment", files={"image": ("x.png", _png(60, 80, seed), "image/png")}, timeout=60)
+            assert r.status_code == 200 and r.headers["Server-Timing"].startswith("total;dur=")
+        _wait_for_shadow_records(log, candidate, 5)
+    proc = cmunext(env, "registry", "shadow", candidate, "--model-name", MODEL, "--set", f"monitoring.prediction_log={log}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{MODEL} v{candidate} shadowed beside champion v{champion}: 5 requests, 0 errors" in proc.stdout
+    assert "mask agreement" in proc.stdout and "latency (p95)" in proc.stdout
+    refused = cmunext(env, "serve", "--model-name", MODEL, "--shadow", "99", "--port", "1")
+    assert refused.returncode == 2 and "--shadow 99" in refused.stderr and "package" in refused.stderr
+
+
+def test_serve_canary_rolls_back_a_failing_candidate(first_run, env, tmp_path):
+    """`cmunext serve --canary VERSION --weight 0.5`: the other version answers half the requests; when it dies
+    (SIGKILL), every answer stays 200, all traffic goes back to the champion within an interval, and the registry
+    history records the rollback with its reason."""
+    import re
+    import signal
+    import time
+
+    import requests
+    champion = registry(env)["champion"]["version"]
+    candidate = "2" if champion == "1" else "1"
+    lines: list[str] = []
+    # latency as loose as can be: a 1 s window of a few requests on two shared cores is noise; errors decide
+    rule = ["--set", "gate.canary_interval_s=1", "--set", "gate.canary_min_requests=2",
+            "--set", "gate.canary_max_latency_ratio=100"]
+    served = {**env, "CMUNEXT_PREDICTION_LOG": str(tmp_path / "predictions")}
+    with _serving(served, MODEL, "--canary", candidate, "--weight", "0.5", *rule, lines=lines) as (url, _):
+        def post():
+            r = requests.post(f"{url}/segment", files={"image": ("x.png", _png(60, 80, 0), "image/png")}, timeout=60)
+            assert r.status_code == 200, r.text
+            return r.headers.get("X-Served-By")
+        assert {post() for _ in range(12)} == {f"canary v{candidate}", None}
+        pid = int(re.search(r"canary: candidate v\d+ \(pid (\d+)\)", "".join(lines)).group(1))
+        import psutil
+        for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            process.send_signal(signal.SIGKILL)  # the arbiter and its workers: each in its own group
+        deadline = time.time() + 30
+        while not any("recorded in the registry history" in line for line in lines):
+            assert time.time() < deadline, "".join(lines)[-3000:]
+            post()
+            time.sleep(0.1)
+        assert all(post() is None for _ in range(6))
+    last = registry(env)["history"][-1]
+    assert (last["event"], last["version"]) == ("canary_rolled_back", candidate)
+    assert "error rate" in last["reason"] and registry(env)["champion"]["version"] == champion
+
+
+def _wait_for_shadow_records(log, version: str, n: int) -> None:
+    """Until N shadow records of VERSION are in the log (flushed by the server's writer, or at its shutdown)."""
+    import time
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        files = list((log / "_shadow" / MODEL / f"v{version}").rglob("*.jsonl"))
+        if sum(len(f.read_text().splitlines()) for f in files) >= n:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"fewer than {n} shadow records of v{version} in {log}")
+
+
 # ---- a growing dataset: the test split stays frozen, and the champion is never scored on what it trained on ------
 
 def _evaluation(summary: dict) -> dict:
@@ -566,3 +641,15 @@ def test_corrections_come_back_and_retraining_follows(env, tmp_path):
     assert "feedback: 3 corrections imported since champion v1" in trains.stdout and "PROMOTED" in trains.stdout
     reg = json.loads(cmunext(env, "registry", "show", "--model-name", model, "--json").stdout)
     assert reg["champion"]["version"] == "2"
+
+
+def test_a_live_gate_makes_a_candidate_not_a_champion(env, tmp_path):
+    """With gate.shadow_* set, a model that passes the offline gates and infra-validation becomes `candidate`:
+    the summary says how it goes on, the registry records it, and nothing serves it yet."""
+    model = "cmunext-live"
+    proc, summary = run(env, tmp_path, f"registry.model_name={model}", "gate.shadow_min_requests=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert summary["outcome"]["kind"] == "candidate" and not summary["promoted"]
+    assert "CANDIDATE v1" in proc.stdout and "cmunext registry promote-shadowed 1" in proc.stdout
+    reg = json.loads(cmunext(env, "registry", "show", "--model-name", model, "--json").stdout)
+    assert reg["champion"] is None and reg["history"][-1]["event"] == "candidate"

@@ -102,3 +102,31 @@ def test_registry_cli(registry_with_versions, state_home):
     assert json.loads(cli("show", "--json").stdout)["champion"]["version"] == v1
     bad = cli("promote", "99", "--reason", "typo")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_the_registry_follows_a_canary_flagger_refused(registry_with_versions, tmp_path):
+    """`cmunext registry follow-canary --from FILE` (what the CronJob asks the API server): while the canary
+    progresses nothing moves; once Flagger failed it, the version it refused (the target Deployment's image) stops
+    being champion, with Flagger's reason; run again, nothing more happens."""
+    registry, (v1, v2, _) = registry_with_versions
+    registry.promote("reg-test", v1, "first")
+    registry.promote("reg-test", v2, "second")
+
+    def follow(phase: str, version: str) -> str:
+        state = tmp_path / "state.json"
+        state.write_text(json.dumps({"kind": "List", "items": [
+            {"kind": "Canary", "status": {"phase": phase, "conditions": [
+                {"type": "Promoted", "message": "Canary analysis failed, Deployment scaled to zero."}]}},
+            {"kind": "Deployment", "spec": {"template": {"spec": {"containers": [
+                {"name": "bento", "image": f"registry.example/cmunext-serving:reg-test-v{version}"}]}}}}]}))
+        proc = subprocess.run([str(VENV_BIN / "cmunext"), "registry", "follow-canary", "--model-name", "reg-test",
+                               "--from", str(state)], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+    assert "none: the canary is Progressing" in follow("Progressing", v2)
+    assert registry.champion("reg-test")["version"] == v2
+    assert "follow-canary: rolled_back" in follow("Failed", v2)
+    assert registry.champion("reg-test")["version"] == v1
+    last = registry.history("reg-test")[-1]
+    assert last["event"] == "rolled_back" and "Flagger rolled the canary back (Canary analysis failed" in last["reason"]
+    assert "already followed" in follow("Failed", v2)

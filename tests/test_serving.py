@@ -704,13 +704,9 @@ def test_package_exports_to_s3(served_weights, packaged, s3_server, monkeypatch)
 def test_drift_of_what_was_served(server, served_weights, tmp_path, monkeypatch):
     """The served model's real answers, read back from its prediction log, against a reference made as the evaluate
     step makes it: scans like its data give no drift (exit 0), darker scans (a gain change) give drift (exit 3)."""
-    from cmunext.config import load_config
     from cmunext.data.synth import synth_sample, write_synthetic_dataset
-    from cmunext.engine.weights import save_weights
-    from cmunext.models import create_model
     from cmunext.monitoring import reference
     from cmunext.predict import Predictor
-    from cmunext.tracking import mlflow_runs, registry
     from cmunext_serving.imageio import read_image
     from cmunext_serving.runtime import png_bytes
 
@@ -723,12 +719,8 @@ def test_drift_of_what_was_served(server, served_weights, tmp_path, monkeypatch)
     for stem in stems[100:]:
         probabilities(read_image(data / "images" / f"{stem}.png"))
     ref = reference.compute(data, stems[:100], answers, 0.5)
-    cfg = load_config(ROOT / "configs" / "ci-tiny.yaml")
-    other = save_weights(create_model("cmunext_s"), tmp_path / "other.safetensors", "cmunext_s", 64)
-    runs = [mlflow_runs.start(cfg, "workspace", "0" * 64) for _ in range(3)]
+    runs = _three_versions(tmp_path)
     reference.log(runs[2], ref)
-    versions = [registry.register(mlflow_runs.log_model(r, other, 64, 3), "cmunext-test", {}) for r in runs]
-    assert versions[2] == "3"  # the served bento's labels say version 3
 
     def serve(n: int, seed: int, gain: float = 1.0) -> None:
         rng = np.random.default_rng(seed)
@@ -765,3 +757,214 @@ def _drift_gauge(server, until: float | None = None) -> float | None:
         value = float(m.group(1)) if m else None
         time.sleep(0.3)
     return value
+
+
+def _three_versions(tmp_path) -> list[str]:
+    """Versions 1-3 of cmunext-test in the MLflow of CMUNEXT_HOME (the served bento's labels say version 3);
+    returns their run ids."""
+    from cmunext.config import load_config
+    from cmunext.engine.weights import save_weights
+    from cmunext.models import create_model
+    from cmunext.tracking import mlflow_runs, registry
+
+    cfg = load_config(ROOT / "configs" / "ci-tiny.yaml")
+    weights = save_weights(create_model("cmunext_s"), tmp_path / "other.safetensors", "cmunext_s", 64)
+    runs = [mlflow_runs.start(cfg, "workspace", "0" * 64) for _ in range(3)]
+    versions = [registry.register(mlflow_runs.log_model(r, weights, 64, 3), "cmunext-test", {}) for r in runs]
+    assert versions == ["1", "2", "3"]
+    return runs
+
+
+def _own_home(source: Path, dest: Path) -> Path:
+    """A copy of a BentoML home: two servers on one home clear each other's metrics folder."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("prometheus_multiproc_dir"))
+    return dest
+
+
+def _shadow_count(server, candidate: str, outcome: str, at_least: int) -> float:
+    """cmunext_shadow_requests_total of CANDIDATE and OUTCOME on the server's /metrics, once it reaches AT_LEAST."""
+    deadline, value = time.time() + 60, 0.0
+    pattern = re.compile(r'^cmunext_shadow_requests_total\{(?=[^}]*candidate="%s")(?=[^}]*outcome="%s")[^}]*\} (\S+)$'
+                         % (candidate, outcome), re.M)
+    while value < at_least and time.time() < deadline:
+        m = pattern.search(requests.get(server.url + "/metrics", timeout=30).text)
+        value = float(m.group(1)) if m else 0.0
+        time.sleep(0.3)
+    return value
+
+
+def _shadowing(packaged, tmp_path, name: str, candidate: Server, version: str, log: Path) -> Server:
+    return Server(packaged["bento_tag"], tmp_path / f"{name}.log",
+                  env={"BENTOML_HOME": _own_home(packaged["home"] / "bentoml", tmp_path / f"{name}-home"),
+                       "CMUNEXT_PREDICTION_LOG": log, "CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS": "0.5",
+                       "CMUNEXT_SHADOW_URL": candidate.url, "CMUNEXT_SHADOW_VERSION": version})
+
+
+@pytest.fixture(scope="module")
+def shadowed(packaged, tiny_bento, images, tmp_path_factory) -> dict:
+    """Real `bentoml serve` for the champion (v3) and two candidates: the same bento (as v2), killed after a while,
+    and an untrained model (as v1). Every answer of the champion must be 200. Returns the shadow log and counts."""
+    tmp = tmp_path_factory.mktemp("shadow")
+    log, off = tmp / "predictions", {"CMUNEXT_PREDICTION_LOG": "off"}
+    same = Server(packaged["bento_tag"], tmp / "same.log",
+                  env={**off, "BENTOML_HOME": _own_home(packaged["home"] / "bentoml", tmp / "same-home")})
+    with pytest.MonkeyPatch.context() as mp:  # the tiny bento is found in its own home
+        mp.setenv("BENTOML_HOME", str(_own_home(tiny_bento["bentoml_home"], tmp / "other-home")))
+        other = Server(tiny_bento["bento_tag"], tmp / "other.log", env=off)
+    uploads = [images[k] for k in ("gray.png", "odd.png", "rgb.jpg", "rgba.png")] * 2
+    try:
+        champion = _shadowing(packaged, tmp, "champion-a", same, "2", log)
+        try:
+            assert all(champion.post("/segment", data).status_code == 200 for data in uploads)
+            assert _shadow_count(champion, "2", "answered", len(uploads)) == len(uploads)
+            same.close()  # the candidate dies: the champion answers on
+            assert all(champion.post("/segment", data).status_code == 200 for data in uploads[:4])
+            assert _shadow_count(champion, "2", "error", 4) == 4
+        finally:
+            champion.close()
+        champion = _shadowing(packaged, tmp, "champion-b", other, "1", log)
+        try:
+            assert all(champion.post("/segment", data).status_code == 200 for data in uploads)
+            assert _shadow_count(champion, "1", "answered", len(uploads)) == len(uploads)
+        finally:
+            champion.close()
+    finally:
+        same.close()
+        other.close()
+    return {"log": log, "answered": len(uploads), "errors": 4}
+
+
+@pytest.fixture
+def three_versions(tmp_path, monkeypatch) -> list[str]:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("CMUNEXT_HOME", str(tmp_path / "state"))
+    return _three_versions(tmp_path)
+
+
+def test_shadowed_candidates_are_compared_and_never_fail_an_answer(shadowed, three_versions, tmp_path):
+    """The same bento agrees at IoU 1.0; an untrained model agrees less; a killed candidate adds errors, never a
+    failed answer (the fixture). `cmunext registry shadow` prints the figures and keeps them on the version."""
+    from cmunext.tracking import registry
+
+    same, other = _registry_shadow(tmp_path, "2", shadowed["log"]), _registry_shadow(tmp_path, "1", shadowed["log"])
+    assert (same["answered"], same["errors"]) == (shadowed["answered"], shadowed["errors"])
+    assert same["mean_iou"] == 1.0 and same["lesion_disagreement"] == 0.0
+    assert same["champions"] == ["3"] and same["latency_ratio_p95"] > 0
+    assert (other["answered"], other["errors"]) == (shadowed["answered"], 0)
+    assert other["mean_iou"] < 0.9
+    assert registry.version_tags("cmunext-test", "2")["shadow_mean_iou"] == "1.0"
+
+
+def test_the_live_gate_promotes_only_a_candidate_that_agrees(shadowed, three_versions, tmp_path):
+    """gate.shadow_*: v1 (untrained, disagrees) stays candidate with the reason recorded; v2 (agrees, 4 errors
+    allowed) becomes champion with its shadow figures in the history."""
+    from cmunext.tracking import registry
+
+    gate = ["gate.shadow_min_requests=8", "gate.shadow_min_agreement=0.95", "gate.shadow_max_errors=4",
+            "gate.shadow_max_latency_ratio=100"]
+    registry.nominate("cmunext-test", "1", "test")
+    refused = _cmunext_registry(tmp_path, "promote-shadowed", "1", shadowed["log"], *gate)
+    assert "NOT PROMOTED: v1 stays candidate" in refused
+    last = registry.history("cmunext-test")[-1]
+    assert (last["event"], last["version"]) == ("shadow_refused", "1") and "shadow mask agreement" in last["reason"]
+    assert registry.candidate("cmunext-test")["version"] == "1" and registry.champion("cmunext-test") is None
+    registry.nominate("cmunext-test", "2", "test")
+    promoted = _cmunext_registry(tmp_path, "promote-shadowed", "2", shadowed["log"], *gate)
+    assert "PROMOTED: v2 is champion" in promoted
+    last = registry.history("cmunext-test")[-1]
+    assert (last["event"], last["version"]) == ("promoted", "2") and "live gate passed" in last["reason"]
+    assert "shadow mask agreement (mean IoU): 1 meets >= 0.95" in last["reason"]
+    assert registry.candidate("cmunext-test") is None
+
+
+def _cmunext_registry(tmp_path, verb: str, version: str, log: Path, *sets: str, json_out: bool = False) -> str:
+    args = [a for s in (f"monitoring.prediction_log={log}", *sets) for a in ("--set", s)] + ["--json"] * json_out
+    proc = subprocess.run([str(VENV_BIN / "cmunext"), "registry", verb, version, "--model-name", "cmunext-test",
+                           *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "CMUNEXT_HOME": str(tmp_path / "state")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _registry_shadow(tmp_path, version: str, log: Path) -> dict:
+    return json.loads(_cmunext_registry(tmp_path, "shadow", version, log, json_out=True))
+
+
+class FaultyCandidate:
+    """A real candidate server behind a test proxy that, once `failing` is set, answers 500 to everything: the
+    fault-injection sidecar of a canary test (what Toxiproxy or a service mesh's fault filter does in a cluster)."""
+
+    def __init__(self, target: str) -> None:
+        import http.server
+
+        outer, self.failing = self, False
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.failing:
+                    self.send_response(500)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                r = requests.post(target + self.path, data=body, timeout=60,
+                                  headers={"Content-Type": self.headers["Content-Type"]})
+                self.send_response(r.status_code)
+                for key in ("Content-Type", "Server-Timing", "X-Request-ID"):
+                    if key in r.headers:
+                        self.send_header(key, r.headers[key])
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _canary_weight(server) -> float | None:
+    m = re.search(r'^cmunext_canary_weight\{[^}]*candidate="2"[^}]*\} (\S+)$',
+                  requests.get(server.url + "/metrics", timeout=30).text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def test_a_failing_canary_is_rolled_back_within_an_interval(packaged, images, tmp_path):
+    """Real `bentoml serve` for the champion and the candidate (v2, behind a fault-injecting proxy); the front sends
+    half the requests to the canary and serves its answers. Once the candidate answers 500, its failures are
+    answered by the champion (every answer stays 200) and within one analysis interval (2 s) all traffic is back
+    on the champion, the reason written where `cmunext serve --canary` records it in the registry."""
+    log = tmp_path / "predictions"
+    candidate = Server(packaged["bento_tag"], tmp_path / "candidate.log",
+                       env={"BENTOML_HOME": _own_home(packaged["home"] / "bentoml", tmp_path / "candidate-home")})
+    proxy = FaultyCandidate(candidate.url)
+    rule = {"CMUNEXT_CANARY_URL": proxy.url, "CMUNEXT_CANARY_VERSION": "2", "CMUNEXT_CANARY_WEIGHT": "0.5",
+            "CMUNEXT_CANARY_INTERVAL": "2", "CMUNEXT_CANARY_MIN_REQUESTS": "2", "CMUNEXT_CANARY_MAX_ERROR_RATE": "0.2",
+            "CMUNEXT_CANARY_MAX_LATENCY_RATIO": "100"}  # a 2 s window of a few requests: latency is noise here
+    champion = Server(packaged["bento_tag"], tmp_path / "champion.log",
+                      env={"BENTOML_HOME": _own_home(packaged["home"] / "bentoml", tmp_path / "champion-home"),
+                           "CMUNEXT_PREDICTION_LOG": log, **rule})
+    try:
+        answers = [champion.post("/segment", images["gray.png"]) for _ in range(20)]
+        assert all(r.status_code == 200 for r in answers)
+        served_by = {r.headers.get("X-Served-By") for r in answers}
+        assert served_by == {"canary v2", None} and _canary_weight(champion) == 0.5
+        proxy.failing, started, rolled_back = True, time.monotonic(), None
+        while rolled_back is None and time.monotonic() - started < 30:
+            assert champion.post("/segment", images["gray.png"]).status_code == 200  # never the canary's 500
+            rolled_back = time.monotonic() - started if _canary_weight(champion) == 0.0 else None
+        assert rolled_back is not None and rolled_back < 2 * 2 + 5  # the interval it breached in, and the next
+        after = [champion.post("/segment", images["gray.png"]) for _ in range(10)]
+        assert all(r.status_code == 200 and "X-Served-By" not in r.headers for r in after)
+    finally:
+        champion.close()
+        proxy.close()
+        candidate.close()
+    decision = json.loads((log / "_canary" / "cmunext-test" / "v2.json").read_text())
+    assert decision["event"] == "rolled_back" and decision["reason"].startswith("error rate")
+    print(f"canary rolled back {rolled_back:.1f} s after the first injected error")

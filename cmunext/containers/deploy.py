@@ -46,19 +46,34 @@ def render(serving_image: str, out: Path, k8s: Path = K8S) -> Path:
     return out
 
 
-def deploy(engine: Engine, bento_tag: str, model_name: str, version: str, out: Path, push: bool = False,
-           apply: bool = False, k8s: Path = K8S) -> dict:
+def _image(engine: Engine, bento_tag: str, model_name: str, version: str, push: bool) -> tuple[str, bool]:
+    """VERSION's serving image, built by `containerize` when missing, pushed with PUSH; (image, built)."""
     from .serving import containerize
 
     image = image_names().serving(model_name, version)
-    built = None
-    if not engine.image_exists(image):
-        built = containerize(engine, bento_tag, model_name, version)
+    built = not engine.image_exists(image)
+    if built:
+        containerize(engine, bento_tag, model_name, version)
     if push:
         engine.run("push", image, timeout=1800)
+    return image, built
+
+
+def deploy(engine: Engine, bento_tag: str, model_name: str, version: str, out: Path, push: bool = False,
+           apply: bool = False, k8s: Path = K8S, canary=None, shadow: tuple[str, str] | None = None) -> dict:
+    """CANARY: the config's GateConfig, to add Flagger's canary resources (containers/canary.py). SHADOW: (version,
+    bento tag) of a candidate the champion shadows (containers/shadow.py)."""
+    image, built = _image(engine, bento_tag, model_name, version, push)
     render(image, out, k8s)
+    if canary is not None:
+        from .canary import add_canary
+        add_canary(out, canary)
+    if shadow is not None:
+        from .shadow import add_shadow
+        add_shadow(out, _image(engine, shadow[1], model_name, shadow[0], push)[0], shadow[0])
     if apply:
         proc = subprocess.run(["kubectl", "apply", "-f", str(out)], capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise ContainerError(f"kubectl apply failed: {proc.stderr.strip()[-600:]}")
-    return {"image": image, "built": built is not None, "pushed": push, "manifests": str(out), "applied": apply}
+    return {"image": image, "built": built, "pushed": push, "manifests": str(out), "applied": apply,
+            "canary": canary is not None}

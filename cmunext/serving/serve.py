@@ -105,13 +105,14 @@ def start_server(target: str | None = None, host: str = "127.0.0.1", port: int =
             out.close()
 
 
-def serve(bento_or_model_tag: str | None = None, host: str = "127.0.0.1", port: int = 3000) -> int:
+def serve(bento_or_model_tag: str | None = None, host: str = "127.0.0.1", port: int = 3000,
+          env: dict | None = None) -> int:
     """Serve a bento (default: the newest) or a BentoML model in the foreground; returns the server's exit code.
     SIGTERM and SIGINT go on to the server (its own process group, workers included), and this process ends
     when the server does: `kill` of `cmunext serve` never leaves a server holding the port."""
     import signal
 
-    proc = start_server(bento_or_model_tag, host, port)
+    proc = start_server(bento_or_model_tag, host, port, env=env)
 
     def forward(signum, _frame):
         try:

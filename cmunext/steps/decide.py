@@ -60,10 +60,12 @@ def promote(cfg: RunConfig, decision: GateDecision | dict, version: str, run_id:
     if (champ and champ["version"] == version) or "promoted_at" in registry.version_tags(name, version):
         return Promotion(event="already_registered", model=name, version=version, reason="same training run",
                          champion=champ and str(champ["version"]))
+    reason = "gate passed: " + "; ".join(c.message for c in decision.checks) + f"; served by its bento: " \
+             f"{validation.summary}"
+    if cfg.gate.live:
+        return _nominate(name, version, reason, run_id, champ)
     try:
-        entry = registry.promote(name, version, reason="gate passed: " + "; ".join(
-            c.message for c in decision.checks) + f"; served by its bento: {validation.summary}",
-            expected_champion=decision.champion_version)
+        entry = registry.promote(name, version, reason=reason, expected_champion=decision.champion_version)
     except registry.StaleChampion as exc:
         reason = f"not promoted: {exc}; re-run the pipeline to decide against the new champion"
         registry.tag_version(name, version, {"gate_decision": "stale", "stale_reason": str(exc)})
@@ -74,3 +76,15 @@ def promote(cfg: RunConfig, decision: GateDecision | dict, version: str, run_id:
                      replaced=entry["replaced"])
 
 
+
+
+def _nominate(name: str, version: str, reason: str, run_id: str, champ: dict | None) -> Promotion:
+    """The live gate is set: VERSION becomes `candidate`; shadowed, it is promoted by `registry promote-shadowed`."""
+    from ..tracking import mlflow_runs, registry
+    if registry.version_tags(name, version).get("candidate_at"):
+        return Promotion(event="already_registered", model=name, version=version, reason="already the candidate",
+                         champion=champ and str(champ["version"]))
+    registry.nominate(name, version, reason + "; waits for the live gate (gate.shadow_*)")
+    mlflow_runs.set_tags(run_id, {"registered_version": version})
+    return Promotion(event="candidate", model=name, version=version, reason=reason,
+                     champion=champ and str(champ["version"]))

@@ -22,7 +22,7 @@ from ..errors import CmunextError
 from . import access
 from .mlflow_runs import setup, tracking_uri
 
-CHAMPION, PREVIOUS = "champion", "previous"
+CHAMPION, PREVIOUS, CANDIDATE = "champion", "previous", "candidate"
 HISTORY_TAG = "champion_history"
 # alias moves are kept longer than rejections, so weekly rejections never push out what rollback reads
 KEEP = {"moves": 40, "other": 20}
@@ -160,7 +160,11 @@ def promote(model_name: str, version: str, reason: str, expected_champion: str |
     """Make `version` the champion. With `expected_champion`, refuse (StaleChampion) if the
     champion changed since the caller looked; the default accepts whatever is there."""
     client = _client()
-    access.require(tracking_uri(), [("registered_model", model_name, "update", f"promote a version of {model_name}")])
+    nominated = _version_by_alias(client, model_name, CANDIDATE)
+    ends_candidacy = nominated is not None and str(nominated.version) == str(version)
+    access.require(tracking_uri(), [("registered_model", model_name, "update", f"promote a version of {model_name}")]
+                   + ([("registered_model", model_name, "delete", f"delete the alias '{CANDIDATE}' of {model_name}")]
+                      if ends_candidacy else []))
     with _locked(model_name), _answered(f"promoting {model_name} version {version}"):
         try:
             client.get_model_version(model_name, version)
@@ -172,6 +176,8 @@ def promote(model_name: str, version: str, reason: str, expected_champion: str |
         expected = (str(current.version) if current else None) if expected_champion == "__any__" else expected_champion
         current_version = _check_champion(client, model_name, expected)
         version = str(version)
+        if ends_candidacy:  # the one write that needs more than EDIT goes first: refused, nothing moved
+            client.delete_registered_model_alias(model_name, CANDIDATE)
         client.set_model_version_tag(model_name, version, "promotion_reason", reason)
         if current_version is not None and current_version != version:
             client.set_registered_model_alias(model_name, PREVIOUS, current_version)
@@ -204,6 +210,33 @@ def rollback(model_name: str, reason: str = "rollback") -> dict:
         if next_previous is not None:
             client.set_registered_model_alias(model_name, PREVIOUS, next_previous)
         return _record(client, model_name, target, "rolled_back", reason, current_version)
+
+
+def nominate(model_name: str, version: str, reason: str) -> dict:
+    """Make VERSION the `candidate` (the live gate: it is shadowed before it may become champion)."""
+    client = _client()
+    access.require(tracking_uri(), [("registered_model", model_name, "update", f"nominate a version of {model_name}")])
+    with _locked(model_name), _answered(f"nominating {model_name} version {version}"):
+        client.set_registered_model_alias(model_name, CANDIDATE, str(version))
+        current = _version_by_alias(client, model_name, CHAMPION)
+        return _record(client, model_name, str(version), "candidate", reason, None if current is None else
+                       str(current.version))
+
+
+def candidate(model_name: str) -> dict | None:
+    with _answered(f"reading the candidate of {model_name}"):
+        v = _version_by_alias(_client(), model_name, CANDIDATE)
+    return _describe(v) if v else None
+
+
+def record_refusal(model_name: str, version: str, event: str, reasons: list[str]) -> dict:
+    """A refusal of a candidate in the history, with who decided: the live gate's (event "shadow_refused": it
+    stays candidate) or a canary's rollback ("canary_rolled_back": the champion kept serving)."""
+    client = _client()
+    with _locked(model_name), _answered(f"recording the {event} of {model_name} version {version}"):
+        current = _version_by_alias(client, model_name, CHAMPION)
+        return _record(client, model_name, str(version), event, "; ".join(reasons),
+                       None if current is None else str(current.version))
 
 
 def record_rejection(model_name: str, run_id: str, reasons: list[str]) -> dict:
