@@ -322,51 +322,6 @@ def test_a_machine_with_an_empty_state_folder_serves_the_champion(first_run, env
     assert (empty / "bentoml" / "bentos" / "cmunext-service").is_dir()  # fetched into the empty state folder
 
 
-def _serve_and_check_drift(env, tmp_path, images) -> tuple[int, dict]:
-    """Serve each of IMAGES (PNG bytes) by `cmunext serve` of the champion, then `cmunext monitor drift` of them."""
-    import time
-
-    import requests
-    log = tmp_path / "predictions"
-    served = {**env, "CMUNEXT_PREDICTION_LOG": str(log), "CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS": "0.5"}
-    with _serving(served, MODEL) as (url, _):
-        for image in images:
-            r = requests.post(f"{url}/segment_json", files={"image": ("x.png", image, "image/png")}, timeout=60)
-            assert r.status_code == 200, r.text
-        time.sleep(1.5)  # two flushes of the log
-    out = tmp_path / "drift.json"
-    proc = cmunext(env, "monitor", "drift", "--config", CI_TINY, "--last", str(len(images)), "--json", str(out),
-                   "--set", f"monitoring.prediction_log={log}")
-    assert proc.returncode in (0, 3), proc.stdout + proc.stderr[-3000:]
-    return proc.returncode, json.loads(out.read_text())
-
-
-def _synthetic_pngs(n: int, seed: int, gain: float = 1.0) -> list[bytes]:
-    from cmunext.data.synth import synth_sample
-    from cmunext_serving.runtime import png_bytes
-    rng = np.random.default_rng(seed)
-    return [png_bytes(np.clip(synth_sample(rng)[0] * gain, 0, 255).astype(np.uint8)) for _ in range(n)]
-
-
-@pytest.mark.parametrize("traffic", ["like its data", "darker (gain 0.5)"])
-def test_drift_of_the_pipeline_champion(first_run, env, tmp_path, traffic):
-    """The champion this pipeline built, served for real, against the reference its evaluate step logged to MLflow:
-    scans made as its data were give no drift (exit 0); a gain change gives drift (exit 3)."""
-    shifted = traffic != "like its data"
-    code, verdict = _serve_and_check_drift(env, tmp_path, _synthetic_pngs(60, seed=101, gain=0.5 if shifted else 1))
-    assert (code, verdict["drift"], verdict["requests"], verdict["version"]) == (3 if shifted else 0, shifted, 60, "1")
-    assert verdict["published"].endswith("/_verdicts/cmunext-ci.json")
-
-
-@busi
-def test_real_scans_drift_from_a_synthetic_champion(first_run, env, tmp_path):
-    """60 BUSI scans against a champion trained on synthetic images: drift, on the image size and content."""
-    images = [p.read_bytes() for p in sorted((BUSI / "images").glob("*.png"))[:60]]
-    code, verdict = _serve_and_check_drift(env, tmp_path, images)
-    assert code == 3 and verdict["drift"] and verdict["content"]["drifted"]
-    assert verdict["features"]["width"]["drifted"]  # BUSI scans are larger than any synthetic one
-
-
 def test_the_logged_model_installs_from_public_indexes(first_run, env, tmp_path):
     """The requirements MLflow logged with the champion resolve on PyPI alone (pip's dry run reads PEP 658
     metadata, so nothing multi-GB is downloaded); this machine's local wheels and extra indexes are left out."""
@@ -527,6 +482,54 @@ def _wait_for_shadow_records(log, version: str, n: int) -> None:
     raise AssertionError(f"fewer than {n} shadow records of v{version} in {log}")
 
 
+def _serve_and_check_drift(env, tmp_path, images) -> tuple[int, dict]:
+    """Serve each of IMAGES (PNG bytes) by `cmunext serve` of the champion, then `cmunext monitor drift` of them."""
+    import time
+
+    import requests
+    log = tmp_path / "predictions"
+    served = {**env, "CMUNEXT_PREDICTION_LOG": str(log), "CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS": "0.5"}
+    with _serving(served, MODEL) as (url, _):
+        for image in images:
+            r = requests.post(f"{url}/segment_json", files={"image": ("x.png", image, "image/png")}, timeout=60)
+            assert r.status_code == 200, r.text
+        time.sleep(1.5)  # two flushes of the log
+    out = tmp_path / "drift.json"
+    proc = cmunext(env, "monitor", "drift", "--config", CI_TINY, "--last", str(len(images)), "--json", str(out),
+                   "--set", f"monitoring.prediction_log={log}")
+    assert proc.returncode in (0, 3), proc.stdout + proc.stderr[-3000:]
+    return proc.returncode, json.loads(out.read_text())
+
+
+def _synthetic_pngs(n: int, seed: int, gain: float = 1.0) -> list[bytes]:
+    from cmunext.data.synth import synth_sample
+    from cmunext_serving.runtime import png_bytes
+    rng = np.random.default_rng(seed)
+    return [png_bytes(np.clip(synth_sample(rng)[0] * gain, 0, 255).astype(np.uint8)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("traffic", ["like its data", "darker (gain 0.5)"])
+def test_drift_of_the_pipeline_champion(first_run, env, tmp_path, traffic):
+    """The champion this pipeline built, served for real, against the reference its evaluate step logged to MLflow:
+    scans made as its data were give no drift (exit 0); a gain change gives drift (exit 3). After the tests that
+    ask `retrain --if-changed` about this champion: a drift verdict is a retraining reason."""
+    shifted = traffic != "like its data"
+    code, verdict = _serve_and_check_drift(env, tmp_path, _synthetic_pngs(60, seed=101, gain=0.5 if shifted else 1))
+    champion = registry(env)["champion"]["version"]
+    assert (code, verdict["drift"], verdict["requests"], verdict["version"]) == (3 if shifted else 0, shifted, 60,
+                                                                                 champion)
+    assert verdict["published"].endswith("/_verdicts/cmunext-ci.json")
+
+
+@busi
+def test_real_scans_drift_from_a_synthetic_champion(first_run, env, tmp_path):
+    """60 BUSI scans against a champion trained on synthetic images: drift, on the image size and content."""
+    images = [p.read_bytes() for p in sorted((BUSI / "images").glob("*.png"))[:60]]
+    code, verdict = _serve_and_check_drift(env, tmp_path, images)
+    assert code == 3 and verdict["drift"] and verdict["content"]["drifted"]
+    assert verdict["features"]["width"]["drifted"]  # BUSI scans are larger than any synthetic one
+
+
 # ---- a growing dataset: the test split stays frozen, and the champion is never scored on what it trained on ------
 
 def _evaluation(summary: dict) -> dict:
@@ -613,6 +616,7 @@ def _corrections(url: str, n: int, seed: int) -> None:
         assert fb.status_code == 201, fb.text
 
 
+@pytest.mark.slow
 def test_corrections_come_back_and_retraining_follows(env, tmp_path):
     """The whole loop: a champion trained on a versioned folder, served with capture on; clinicians correct 3
     answers (POST /feedback); `data feedback import` adds them as new stems and versions the data; `retrain
@@ -643,6 +647,7 @@ def test_corrections_come_back_and_retraining_follows(env, tmp_path):
     assert reg["champion"]["version"] == "2"
 
 
+@pytest.mark.slow
 def test_a_live_gate_makes_a_candidate_not_a_champion(env, tmp_path):
     """With gate.shadow_* set, a model that passes the offline gates and infra-validation becomes `candidate`:
     the summary says how it goes on, the registry records it, and nothing serves it yet."""

@@ -130,18 +130,22 @@ class Server:
     """A real `bentoml serve` process (own process group) on a free port, ready when constructed."""
 
     def __init__(self, target: str, log: Path, env: dict | None = None, timeout: float = 120) -> None:
+        import psutil
+
         from cmunext.serving.serve import start_server
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.proc = start_server(target, port=self.port, env=env, log_file=log)
+        self.workers: list = []
         try:
             wait_for_port(self.port, self.proc, timeout=timeout)
             deadline = time.time() + timeout
             while requests.get(self.url + "/readyz", timeout=10).status_code != 200:
                 assert time.time() < deadline, "server not ready"
                 time.sleep(0.3)
+            self.workers = psutil.Process(self.proc.pid).children(recursive=True)  # for close, after a SIGKILL
         except BaseException:
             self.close()
             raise
@@ -155,6 +159,12 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)  # any worker the arbiter left behind
         except ProcessLookupError:
             pass
+        import psutil
+        for worker in self.workers:  # and any the arbiter orphaned when a test killed it
+            try:
+                worker.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 @pytest.fixture(scope="module")

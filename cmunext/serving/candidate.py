@@ -60,16 +60,20 @@ def start_candidate(model_name: str, version: str, role: str = "shadow") -> tupl
 
 
 def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the candidate's server (its arbiter stops its workers), SIGKILL to all of it after 30 s."""
     import os
     import signal
+
+    import psutil
     try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-    except ProcessLookupError:
+    except (psutil.NoSuchProcess, ProcessLookupError):
         return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    for process in alive:
+        process.kill()
+    proc.wait()
 
 
 def canary_env(url: str, version: str, weight: float, gate) -> dict[str, str]:
