@@ -62,21 +62,26 @@ def serving(folder: Path, to: Path) -> Path | None:
     s = _load(folder, "serving")
     if not s:
         return None
-    fig, ax = plt.subplots(figsize=(5.2, 3.2))
-    labels, local, http = [], [], []
+    fig, ax = plt.subplots(figsize=(5.6, 3.2))
+    shadowed = (s.get("shadow_on") or {}).get("http", {})
+    labels, local, http, on = [], [], [], []
     for c, h in s["http"].items():
         labels.append(f"concurrency {c[1:]}")
         local.append(s["in_process"]["pipeline_b1" if c == "c1" else "pipeline_b8"]["images_per_s"])
         http.append(h["rps"])
-    x = range(len(labels))
-    ax.bar([i - 0.2 for i in x], local, 0.4, label="in process (img/s)", color="0.6")
-    ax.bar([i + 0.2 for i in x], http, 0.4, label="HTTP (req/s)", color="tab:blue")
+        on.append(shadowed.get(c, {}).get("rps", 0))
+    x, width = range(len(labels)), 0.27 if shadowed else 0.4
+    ax.bar([i - width for i in x], local, width, label="in process (img/s)", color="0.6")
+    ax.bar(list(x), http, width, label="HTTP (req/s)", color="tab:blue")
+    if shadowed:
+        ax.bar([i + width for i in x], on, width, label="HTTP, shadowing a candidate", color="tab:orange")
     for i, (a, b) in enumerate(zip(local, http)):
-        ax.text(i + 0.2, b, f"{b / a:.2f}×", ha="center", va="bottom", fontsize=8)
+        ax.text(i, b, f"{b / a:.2f}×", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(x), labels)
     ax.set_ylabel("images per second")
     ax.set_title(f"{s['model']} served ({s.get('served_form', '')})", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.3 * max(local + http))  # room for the legend above the bars
+    ax.legend(fontsize=7, loc="upper center", ncol=3)
     return _save(fig, to / "serving.png", "cmunext bench serving --variant cmunext_s (server and client on their own cores)")
 
 

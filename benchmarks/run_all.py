@@ -103,6 +103,7 @@ def render() -> str:
                         f"{base['images_per_s']:.1f} img/s | {h['rps']:.1f} req/s, p50 {h['p50_ms']:.0f} / p95 "
                         f"{h['p95_ms']:.0f} / p99 {h['p99_ms']:.0f} ms, {h['errors']} errors | "
                         f"{s['ratios'][f'http_{c}_vs_in_process']:.2f}× |")
+        rows.extend(_shadow_rows(s))
     p = _load("pipeline")
     if p:
         steps = ", ".join(f"{k} {v:.0f}" for k, v in p["steps_s"].items())
@@ -120,6 +121,18 @@ def render() -> str:
                         f"{r['split_preprocess_s']:.1f} s ({r['ms_per_image']:.1f} ms/image), peak RSS "
                         f"{r['peak_rss_mib']:.0f} MiB | |")
     return "\n".join(rows)
+
+
+def _shadow_rows(s: dict) -> list[str]:
+    """The champion's latency while it shadows a candidate on the client's core, against shadowing off."""
+    on = s.get("shadow_on")
+    if not on:
+        return []
+    copies = ", ".join(f"{n} {k}" for k, n in sorted(on["copies"].items()))
+    return [f"| serving, shadowing on (candidate on the client's core), HTTP concurrency {c[1:]} | shadowing off: p50 "
+            f"{s['http'][c]['p50_ms']:.0f} / p95 {s['http'][c]['p95_ms']:.0f} ms, {s['http'][c]['rps']:.1f} req/s | "
+            f"p50 {h['p50_ms']:.0f} / p95 {h['p95_ms']:.0f} ms, {h['rps']:.1f} req/s, {h['errors']} errors; copies: "
+            f"{copies} | p95 {on['p95_on_vs_off'][c]:.2f}× |" for c, h in on["http"].items()]
 
 
 def main() -> None:

@@ -1,17 +1,14 @@
 """The BentoML service: lesion masks, numbers and overlays for uploaded ultrasound images.
 
-Two services, served together by `bentoml serve`:
-
-- `Segmenter` (the HTTP front): checks and decodes uploads, preprocesses them exactly as
-  `cmunext.predict.Predictor` does, and turns probabilities into masks, numbers and overlays.
-  POST /segment (mask PNG, 0/255, at the input's size), POST /segment_json, POST /overlay (PNG);
-  GET / is a web page; BentoML's /healthz /livez /readyz /metrics stay. Every answer carries a request id
-  (header X-Request-ID; `request_id` in /segment_json) and adds one record, without pixels, to the
-  prediction log (prediction_log.py; features: observe.py).
-- `SegmentationModel`: the exported artifact in the runtime and precision the evaluate step chose (ONNX
-  Runtime or OpenVINO; fp32, bf16 or int8: engines.py), with adaptive batching
-  (`infer` is batchable: concurrent requests are run as one batch; the batch sizes are in /metrics as
-  `bentoml_service_adaptive_batch_size` and `cmunext_inference_batch_size`).
+One service, `Segmenter`, served by `bentoml serve`: it checks and decodes uploads, preprocesses them exactly
+as `cmunext.predict.Predictor` does, runs the exported artifact in the runtime and precision the evaluate step
+chose (ONNX Runtime or OpenVINO; fp32, bf16 or int8: engines.py) with adaptive batching in its own process
+(concurrent requests run as one batch: batcher.py; the batch sizes are in /metrics as
+`cmunext_inference_batch_size`), and turns probabilities into masks, numbers and overlays.
+POST /segment (mask PNG, 0/255, at the input's size), POST /segment_json, POST /overlay (PNG);
+GET / is a web page; BentoML's /healthz /livez /readyz /metrics stay. Every answer carries a request id
+(header X-Request-ID; `request_id` in /segment_json) and adds one record, without pixels, to the
+prediction log (prediction_log.py; features: observe.py).
 
 The model is a BentoML model made by `cmunext.serving.package`: `$CMUNEXT_BENTO_MODEL` if set, else
 the one a bento was built for, else `cmunext-segmenter:latest`. Start-up is refused when the
@@ -51,6 +48,7 @@ from starlette.routing import Route
 
 from .canary import Canary, canary_from_env
 from .drift_verdict import VerdictGauge
+from .batcher import MicroBatcher
 from .engines import ServedModel
 from .feedback import CaptureStore, FeedbackRefused, feedback_root, get
 from .guard import RequestGuard, api_token
@@ -228,32 +226,21 @@ def _error(exc: Exception) -> JSONResponse:
     return JSONResponse({"error": str(exc), "status": status}, status_code=status)
 
 
-@bentoml.service(workers=1, traffic={"timeout": 120, "concurrency": MAX_BATCH})
-class SegmentationModel:
-    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+def _served_model(stored) -> ServedModel:
+    """The artifact in the runtime and precision export.json records (or its fallback, said at start)."""
+    threads = int(os.environ.get("CMUNEXT_THREADS") or "0") or None
+    runtime = ServedModel(stored.path, records(stored), threads=threads)
+    ran = runtime.describe()
+    print(f"cmunext.serving: model {stored.tag} runs in {ran['runtime']} at {ran['precision']}"
+          + (f" instead of {ran['requested']}: {ran['fallback_reason']}" if ran["fallback_reason"] else "")
+          + f" (sha256 {runtime.sha256[:12]})", file=sys.stderr, flush=True)
+    return runtime
 
-    def __init__(self) -> None:
-        stored = self.bento_model
-        threads = int(os.environ.get("CMUNEXT_THREADS") or "0") or None
-        self.runtime = ServedModel(stored.path, records(stored), threads=threads)
-        self.batch_sizes = bentoml.metrics.Histogram(
-            name="cmunext_inference_batch_size", documentation="images per inference call",
-            buckets=tuple(float(2 ** i) for i in range(8)))
-        ran = self.runtime.describe()
-        print(f"cmunext.serving: model {stored.tag} runs in {ran['runtime']} at {ran['precision']}"
-              + (f" instead of {ran['requested']}: {ran['fallback_reason']}" if ran["fallback_reason"] else "")
-              + f" (sha256 {self.runtime.sha256[:12]})", file=sys.stderr, flush=True)
 
-    @bentoml.api
-    def describe(self) -> dict:
-        """The runtime and precision in use, and why it is not the recorded one when it fell back."""
-        return self.runtime.describe()
-
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=60_000)
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """N x C x S x S normalised images -> N x S x S lesion probabilities."""
-        self.batch_sizes.observe(len(batch))
-        return self.runtime.probabilities(batch)
+def _batcher(runtime: ServedModel) -> MicroBatcher:
+    sizes = bentoml.metrics.Histogram(name="cmunext_inference_batch_size", documentation="images per inference call",
+                                      buckets=tuple(float(2 ** i) for i in range(8)))
+    return MicroBatcher(runtime.probabilities, MAX_BATCH, observe=sizes.observe)
 
 
 @functools.lru_cache(maxsize=1)
@@ -275,15 +262,16 @@ ui = Starlette(routes=[
                  logging={"access": {"request_content_type": False}})
 class Segmenter:
     bento_model = bentoml.models.BentoModel(MODEL_TAG)
-    model = bentoml.depends(SegmentationModel)
 
     def __init__(self) -> None:
         stored = self.bento_model
         meta = stored.info.metadata
         self.size, self.channels = int(meta["image_size"]), int(meta["in_channels"])
         self.card = model_card(stored)
+        self.runtime = _served_model(stored)
+        self.infer = _batcher(self.runtime)
+        self._ran = self.runtime.describe()
         self._limiter: anyio.CapacityLimiter | None = None
-        self._ran: dict | None = None  # the model service's runtime and precision, asked once
         self.predictions = _prediction_log(self.card)
         self.captures = _capture_store(self.card)
         self.verdict = _verdict_gauge(self.card)
@@ -299,6 +287,7 @@ class Segmenter:
             self.verdict.close()
         if self.shadow:
             self.shadow.close()
+        self.infer.close()
 
     def _prepare(self, path: Path) -> tuple[bytes, np.ndarray, np.ndarray]:
         data = Path(path).read_bytes()
@@ -309,19 +298,6 @@ class Segmenter:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(CPU_THREADS)
         return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
-
-    async def _infer(self, batch: np.ndarray) -> np.ndarray:
-        # BentoML 1.4.40 replaces its client session to the model service every 100 requests and closes the
-        # old one under the requests still in flight (bentoml/BentoML#5698, #4971): retry those (inference
-        # is idempotent); anything else propagates.
-        import aiohttp
-        for attempt in range(3):
-            try:
-                return await self.model.to_async.infer(batch)
-            except (aiohttp.ClientConnectionError, RuntimeError) as exc:
-                if attempt == 2 or (isinstance(exc, RuntimeError) and "closed" not in str(exc).lower()):
-                    raise
-                log.info("model service connection dropped (%s: %s); retrying", type(exc).__name__, exc)
 
     async def _run(self, path: Path, render, route: str):
         """Decode, preprocess, infer (batched), resize back, threshold, then RENDER(image, prob, mask) in a
@@ -337,7 +313,7 @@ class Segmenter:
             if answered is not None:  # else: the candidate failed (counted) and the champion answers
                 return _canary_response(answered, self.canary.candidate)
         t1 = time.perf_counter()
-        small = (await self._infer(x[None]))[0]
+        small = await self.infer(x)
         t2 = time.perf_counter()
 
         def finish():
@@ -358,15 +334,10 @@ class Segmenter:
             self.shadow.submit(request_id, data, mask, timing["total"])
         return result, timing, request_id
 
-    async def _served(self) -> dict:
-        if self._ran is None:
-            self._ran = await self.model.to_async.describe()
-        return self._ran
-
     async def _record(self, request_id: str, seen: dict, latency_ms: float) -> None:
         """The answer's record in the prediction log (never waits for the sink)."""
         if self.predictions:
-            ran = await self._served()
+            ran = self._ran
             self.predictions.add({"request_id": request_id, "time": now_iso(), "model": self.card["mlflow_model"],
                                   "version": self.card["mlflow_version"], "bento_model": self.card["tag"],
                                   "form": f"{ran['runtime']}/{ran['precision']}",
@@ -388,7 +359,7 @@ class Segmenter:
         summary, timing, request_id = out
         # a Response, not a context: seen twice in thousands, a request of an API with a context parameter
         # never answered under concurrent load
-        return JSONResponse({**summary, "threshold": SERVED_THRESHOLD, "model": {**self.card, **await self._served()},
+        return JSONResponse({**summary, "threshold": SERVED_THRESHOLD, "model": {**self.card, **self._ran},
                              "latency_ms": timing, "request_id": request_id}, headers={REQUEST_ID: request_id})
 
     @bentoml.api(route="/feedback")
@@ -423,7 +394,7 @@ class Segmenter:
     async def _served_mask(self, data: bytes) -> bytes:
         """The mask this server answers for DATA (0/255 PNG): what a reviewer called correct."""
         image, x = await self._work(self._prepare_bytes, data)
-        small = (await self._infer(x[None]))[0]
+        small = await self.infer(x)
         return await self._work(lambda: png_bytes((resize_back(small, *image.shape[:2]) > SERVED_THRESHOLD)
                                                   .astype(np.uint8) * 255))
 

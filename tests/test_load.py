@@ -348,7 +348,7 @@ def test_pickled_bodies_are_never_unpickled(server, tmp_path):
             assert r.status_code == 415, (route, ctype, r.status_code, r.text[:200])
         r = requests.post(server.url + route, files={"image": ("x.pkl", body, "application/vnd.bentoml+pickle")}, timeout=30)
         assert r.status_code == 415, (route, r.status_code, r.text[:200])  # not a PNG or JPEG
-    for path in ("/infer", "/SegmentationModel/infer", "/api/infer"):  # the model service is not routed here
+    for path in ("/infer", "/SegmentationModel/infer", "/api/infer"):  # no inference route: the model runs in the front
         r = requests.post(server.url + path, data=body, headers={"Content-Type": "application/vnd.bentoml+pickle"},
                           timeout=30)
         assert r.status_code in (404, 405, 415), (path, r.status_code)

@@ -194,16 +194,54 @@ def _measure_offline(tmp: Path, variant: str, image_size: int, weights: str | Pa
     return _Measured(export, candidates, form, packaged, data, local)
 
 
-def _start_bento(bento_tag: str, tmp: Path, threads: int) -> tuple[str, subprocess.Popen]:
-    """`bentoml serve` BENTO_TAG on a free port, logging to TMP/serve.log; returns its URL and process."""
+def _start_bento(bento_tag: str, tmp: Path, threads: int, **env) -> tuple[str, subprocess.Popen]:
+    """`bentoml serve` BENTO_TAG on a free port, logging to TMP/serve.log, ENV added; returns its URL and process."""
     from .serve import start_server
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     # the prediction log on, as served, into the benchmark's own folder (its requests are not traffic)
-    env = {"CMUNEXT_THREADS": threads, "CMUNEXT_PREDICTION_LOG": tmp / "predictions"}
+    env = {"CMUNEXT_THREADS": threads, "CMUNEXT_PREDICTION_LOG": tmp / "predictions", **env}
     proc = start_server(bento_tag, port=port, log_file=tmp / "serve.log", env=env)
     return url, proc
+
+
+def _shadow_copies(url: str) -> dict:
+    """The champion's cmunext_shadow_requests_total by outcome, from its /metrics."""
+    import re
+
+    import requests
+    text = requests.get(url + "/metrics", timeout=10).text
+    found = re.findall(r'^cmunext_shadow_requests_total\{[^}]*outcome="(\w+)"[^}]*\} (\S+)$', text, re.M)
+    return {outcome: int(float(count)) for outcome, count in found}
+
+
+def _shadowed_loads(m: _Measured, tmp: Path, cpus: tuple[list[int], list[int]], clients: tuple[int, ...],
+                    per_client: int) -> dict:
+    """The same HTTP loads with the champion shadowing a candidate (the same bento, its own BentoML home) that
+    runs on the client's cores, so the champion's core does only the champion's work and the copies' sending."""
+    from .candidate import candidate_home
+    server_cpus, load_cpus = cpus
+    bento = m.packaged["bento_tag"]
+    os.sched_setaffinity(0, load_cpus)
+    c_url, candidate = _start_bento(bento, tmp, len(load_cpus), BENTOML_HOME=candidate_home("bench"),
+                                    CMUNEXT_PREDICTION_LOG="off")
+    try:
+        _wait_ready(c_url, candidate)
+        os.sched_setaffinity(0, server_cpus)
+        try:
+            url, proc = _start_bento(bento, tmp, len(server_cpus), CMUNEXT_SHADOW_URL=c_url,
+                                     CMUNEXT_SHADOW_VERSION="bench")
+        finally:
+            os.sched_setaffinity(0, load_cpus)
+        try:
+            http = _http_loads(url, proc, m.data, clients, per_client)
+            time.sleep(2)  # the last copies answered
+            return {"http": http, "copies": _shadow_copies(url)}
+        finally:
+            _stop_server(proc)
+    finally:
+        _stop_server(candidate)
 
 
 def _http_loads(url: str, proc: subprocess.Popen, data: bytes, clients: tuple[int, ...],
@@ -237,11 +275,16 @@ def _http_vs_in_process(http: dict, local: dict) -> dict:
     return ratios
 
 
+def _p95_ratios(on: dict, off: dict) -> dict:
+    return {c: round(on[c]["p95_ms"] / off[c]["p95_ms"], 3) for c in off}
+
+
 def bench_serving(variant: str = "cmunext_s", image_size: int = 256, *, weights: str | Path | None = None,
                   clients: tuple[int, ...] = (1, 8), per_client: int = 20, export_runs: int = 10,
-                  client_cpus: int = 1) -> dict:
+                  client_cpus: int = 1, shadow: bool = True) -> dict:
     """Package (random-init VARIANT at IMAGE_SIZE, or WEIGHTS) into a private state folder, measure the export
-    candidates at batch 1 and 8, the in-process pipeline, and HTTP load at each concurrency in CLIENTS."""
+    candidates at batch 1 and 8, the in-process pipeline, and HTTP load at each concurrency in CLIENTS; with
+    SHADOW, the same loads again with the server shadowing a candidate."""
     label = str(weights) if weights else variant
     everything = os.sched_getaffinity(0)
     server_cpus, load_cpus = cpu_split(client_cpus)
@@ -257,12 +300,16 @@ def bench_serving(variant: str = "cmunext_s", image_size: int = 256, *, weights:
         try:
             http = _http_loads(url, proc, m.data, clients, per_client)
         finally:
-            os.sched_setaffinity(0, everything)
             _stop_server(proc)
+        try:
+            shadowed = _shadowed_loads(m, tmp, (server_cpus, load_cpus), clients, per_client) if shadow else None
+        finally:
+            os.sched_setaffinity(0, everything)
     return {"model": label, "image_size": image_size, "server_cpus": server_cpus, "client_cpus": load_cpus,
             "export_choice": m.export["format"], "served_format": m.packaged["format"], "served_form": m.form["form"],
             "forms_ms_b1": m.form["ms_b1"], "candidates": m.candidates,
             "in_process": m.local, "http": http, "ratios": _http_vs_in_process(http, m.local),
+            "shadow_on": shadowed and {**shadowed, "p95_on_vs_off": _p95_ratios(shadowed["http"], http)},
             "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
 
 
@@ -275,10 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-runs", type=int, default=10)
     parser.add_argument("--client-cpus", type=int, default=1,
                         help="cores kept for the load client, apart from the server's (0: share all)")
+    parser.add_argument("--no-shadow", dest="shadow", action="store_false",
+                        help="skip the loads with the server shadowing a candidate")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
     result = bench_serving(args.variant, args.size, weights=args.weights, per_client=args.per_client,
-                           export_runs=args.export_runs, client_cpus=args.client_cpus)
+                           export_runs=args.export_runs, client_cpus=args.client_cpus, shadow=args.shadow)
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
