@@ -39,6 +39,7 @@ class DataConfig(_Section):
     source: str = "synth"
     synth_n: int = Field(120, ge=4)
     synth_seed: int = 0
+    synth_normal_fraction: float = Field(0.0, ge=0, lt=1)  # the share of generated scans with no lesion
     # DVC revision of data.dvc to read ("workspace" = the files as they are on disk).
     revision: str = "workspace"
     image_size: int = Field(256, ge=16, multiple_of=16)
@@ -50,6 +51,9 @@ class DataConfig(_Section):
     split_file: str | None = None
     split_fold: int = Field(0, ge=0)
     augment: bool = True
+    # "reference": the paper's rotate-90 and flips plus mild gain and noise; "ultrasound": only what a probe can
+    # produce (small affine, scale, horizontal flip, gain, gamma, speckle): no rotation that puts the probe aside
+    augment_policy: Literal["reference", "ultrasound"] = "reference"
     allow_empty_masks: bool = True
     min_samples: int = Field(10, ge=1)
     min_side: int = Field(32, ge=1)
@@ -79,6 +83,12 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     poly_power: float = Field(0.9, ge=0)
+    # The recipe around the network (cmunext/engine/recipe.py; measured in docs/results/busi-ablation.md): the
+    # paper's SGD with a poly schedule by default; AdamW, a cosine schedule, a linear warm-up, a moving average.
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    schedule: Literal["poly", "cosine"] = "poly"
+    warmup_epochs: int = Field(0, ge=0)
+    ema_decay: float = Field(0.0, ge=0, lt=1)  # 0: no moving average of the weights
     seed: int = 41
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # mixed precision, used on CUDA only
@@ -112,6 +122,11 @@ class EvalConfig(_Section):
     # K-fold grouped cross-validation on the images outside the test split (K extra trainings), reported
     # beside the held-out test figure; 0 = off (cmunext/cross_validation.py).
     cv_folds: int = Field(0, ge=0)
+    # Whether an image shows a lesion at all (cmunext_serving/lesion_rule.py): "validation" chooses a peak-probability
+    # and region-size rule on the validation split, which the evaluation and the served form both apply; "off"
+    # keeps the plain threshold. A chosen rule finds as many validation lesion images as none, less this share.
+    lesion_rule: Literal["validation", "off"] = "validation"
+    lesion_rule_max_sensitivity_drop: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _folds(self) -> "EvalConfig":

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from cmunext_serving.lesion_rule import LesionRule
+
 
 class _Contract(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -51,10 +53,15 @@ class Evaluation(_Contract):
     breakdown: dict | None = None
     champion: ChampionComparison | None = None
     cross_validation: dict | None = None
+    lesion_rule: dict | None = None  # cmunext/no_lesion.py: {"rule": LesionRule's fields, "chosen_on", "reason", ...}
 
     @property
     def iou(self) -> float:
         return self.metrics["iou"].value
+
+    def rule(self, threshold: float) -> LesionRule:
+        """How the evaluated masks were made, which the served form repeats (THRESHOLD alone for older records)."""
+        return LesionRule.from_dict((self.lesion_rule or {}).get("rule"), threshold)
 
 
 class GateCheck(_Contract):

@@ -12,20 +12,23 @@ import torch
 from tqdm import tqdm
 
 from cmunext_serving.imageio import read_image, read_mask
+from cmunext_serving.lesion_rule import LesionRule
 
 from .data.layout import find_file
 from .metrics import ImageMetrics, aggregate, image_metrics, paired_difference
 
 
 def score_images(probabilities: Callable[[np.ndarray], np.ndarray], root: str | Path, stems: list[str],
-                 threshold: float = 0.5, progress: bool = True) -> list[dict]:
-    """Per-image metrics; `probabilities(image)` returns a map at the image's own size."""
+                 rule: LesionRule | float = 0.5, progress: bool = True) -> list[dict]:
+    """Per-image metrics; `probabilities(image)` returns a map at the image's own size, which RULE (or a plain
+    threshold) turns into the mask, as the served form does."""
     root = Path(root)
+    rule = rule if isinstance(rule, LesionRule) else LesionRule(float(rule))
     rows = []
     for stem in tqdm(stems, desc="scoring", unit="img", disable=not progress):
         image = read_image(find_file(root / "images", stem))
         gt = read_mask(find_file(root / "masks", stem))
-        m = image_metrics(probabilities(image), gt, threshold)
+        m = image_metrics(rule.mask(probabilities(image)), gt)
         rows.append({"stem": stem, **m.as_dict()})
     return rows
 

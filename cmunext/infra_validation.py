@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cmunext_serving.lesion_rule import LesionRule
+
 if TYPE_CHECKING:  # annotations only: both are imported where used, when a bento is checked
     import requests
     from cmunext_serving.engines import ServedModel
@@ -106,17 +108,17 @@ def _upload(url: str, route: str, path: Path, data: bytes, auth: dict[str, str])
     return requests.post(f"{url}{route}", files={"image": (path.name, data)}, headers=auth, timeout=120)
 
 
-def _evaluated_mask(model: ServedModel, data: bytes, name: str, threshold: float) -> np.ndarray:
+def _evaluated_mask(model: ServedModel, data: bytes, name: str, rule: LesionRule) -> np.ndarray:
     """The mask the evaluated artifact gives for DATA in this process: the reference the served mask must equal."""
     from cmunext_serving.runtime import decode_image, preprocess, resize_back
 
     image = decode_image(data, 10**9, name)
     prob = resize_back(model.probabilities(preprocess(image, model.size, model.channels)[None])[0],
                        image.shape[0], image.shape[1])
-    return prob > threshold
+    return rule.mask(prob)
 
 
-def _check_masks(url: str, auth: dict[str, str], images: dict[str, Path], model: ServedModel, threshold: float,
+def _check_masks(url: str, auth: dict[str, str], images: dict[str, Path], model: ServedModel, rule: LesionRule,
                  result: dict) -> None:
     """Each canary's served mask against the evaluated artifact's; records the share of pixels that differ."""
     import io
@@ -130,7 +132,7 @@ def _check_masks(url: str, auth: dict[str, str], images: dict[str, Path], model:
             result["reasons"].append(f"{stem}: /segment answered {r.status_code}: {r.text[:200]}")
             continue
         served = np.asarray(Image.open(io.BytesIO(r.content))) == 255
-        expected = _evaluated_mask(model, data, path.name, threshold)
+        expected = _evaluated_mask(model, data, path.name, rule)
         differ = float(np.mean(served != expected)) if served.shape == expected.shape else 1.0
         result.setdefault("mask_differences", {})[stem] = round(differ, 6)
         if differ > MASK_TOLERANCE:
@@ -165,7 +167,7 @@ def _check_latency(url: str, auth: dict[str, str], images: dict[str, Path], cana
 
 
 def _check_server(url: str, proc: subprocess.Popen, log: Path, token: str, model: ServedModel, data_dir: Path,
-                  canaries: list[str], threshold: float, max_latency_ms: float, result: dict) -> None:
+                  canaries: list[str], rule: LesionRule, max_latency_ms: float, result: dict) -> None:
     """Wait for the booted server, then run every check; a server that fails or stops answering is a reason."""
     import requests
 
@@ -175,7 +177,7 @@ def _check_server(url: str, proc: subprocess.Popen, log: Path, token: str, model
     try:
         result["ready_s"] = round(wait_ready(url, proc, log), 1)
         images = {s: find_file(data_dir / "images", s) for s in canaries}
-        _check_masks(url, auth, images, model, threshold, result)
+        _check_masks(url, auth, images, model, rule, result)
         _check_served_form(url, auth, images[canaries[0]], model, result)
         _check_latency(url, auth, images, canaries, max_latency_ms, result)
     except (RuntimeError, requests.RequestException) as exc:
@@ -183,8 +185,9 @@ def _check_server(url: str, proc: subprocess.Popen, log: Path, token: str, model
 
 
 def validate_bento(archive: str | Path, artifact: str | Path, data_dir: str | Path, stems: list[str],
-                   max_latency_ms: float, out_dir: str | Path, threshold: float = 0.5) -> dict:
-    """Boot ARCHIVE and check it against ARTIFACT (the evaluated serving artifact) on the canary STEMS."""
+                   max_latency_ms: float, out_dir: str | Path, rule: LesionRule = LesionRule()) -> dict:
+    """Boot ARCHIVE and check it against ARTIFACT (the evaluated serving artifact, its masks made by RULE as the
+    evaluation's were) on the canary STEMS."""
     from cmunext_serving.engines import ServedModel
 
     out_dir = Path(out_dir)
@@ -205,7 +208,7 @@ def validate_bento(archive: str | Path, artifact: str | Path, data_dir: str | Pa
             return result
         result["bento_tag"] = tag
         try:
-            _check_server(url, proc, log, token, model, Path(data_dir), canaries, threshold, max_latency_ms, result)
+            _check_server(url, proc, log, token, model, Path(data_dir), canaries, rule, max_latency_ms, result)
         finally:
             _stop(proc)
     result["passed"] = not result["reasons"]

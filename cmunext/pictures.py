@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cmunext_serving.imageio import read_image, read_mask  # noqa: E402
+from cmunext_serving.lesion_rule import LesionRule  # noqa: E402
 
 from .data.layout import find_file  # noqa: E402
 from .predict import overlay  # noqa: E402
@@ -33,8 +34,8 @@ def training_curves(history: list[dict], out: str | Path) -> Path:
 
 
 def gallery(rows: list[dict], probabilities, root: str | Path, out: str | Path, n: int = 4,
-            threshold: float = 0.5) -> Path:
-    """Best and worst `n` test images by IoU: ground truth in green, prediction in red."""
+            rule: LesionRule = LesionRule()) -> Path:
+    """Best and worst `n` test images by IoU: ground truth in green, prediction (by RULE, as scored) in red."""
     root = Path(root)
     ranked = sorted(rows, key=lambda r: r["iou"])
     picks = [("worst", r) for r in ranked[:n]] + [("best", r) for r in ranked[::-1][:n]]
@@ -44,7 +45,7 @@ def gallery(rows: list[dict], probabilities, root: str | Path, out: str | Path, 
     for k, (label, r) in enumerate(picks):
         image = read_image(find_file(root / "images", r["stem"]))
         gt = read_mask(find_file(root / "masks", r["stem"]))
-        pred = probabilities(image) > threshold
+        pred = rule.mask(probabilities(image))
         shown = overlay(overlay(image, gt, color=(40, 220, 40)), pred, color=(255, 40, 40))
         ax = axes[0 if label == "worst" else 1][k % n]
         ax.imshow(shown)

@@ -19,16 +19,19 @@ log = logging.getLogger(__name__)
 
 
 def resolve_source(cfg: RunConfig, progress: bool = True) -> Path:
-    """The raw dataset folder for a config: generated once per (n, seed) for `synth`, else the given folder."""
+    """The raw dataset folder for a config: generated once per (n, seed, normal share) for `synth`, else the given
+    folder."""
     if cfg.data.source == "synth":
-        folder = state_path("datasets", f"synth-n{cfg.data.synth_n}-s{cfg.data.synth_seed}")
+        normal = f"-normal{cfg.data.synth_normal_fraction:g}" if cfg.data.synth_normal_fraction else ""
+        folder = state_path("datasets", f"synth-n{cfg.data.synth_n}-s{cfg.data.synth_seed}{normal}")
         done = folder.with_name(folder.name + ".complete")  # beside, not inside: it is not data
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)
             from .data.synth import (
                 write_synthetic_dataset,  # scipy: only when synthesizing
             )
-            write_synthetic_dataset(folder, cfg.data.synth_n, cfg.data.synth_seed, progress=progress)
+            write_synthetic_dataset(folder, cfg.data.synth_n, cfg.data.synth_seed, cfg.data.synth_normal_fraction,
+                                    progress=progress)
             done.touch()
         return folder
     folder = Path(cfg.data.source).expanduser()

@@ -52,6 +52,7 @@ from .batcher import MicroBatcher
 from .engines import ServedModel
 from .feedback import CaptureStore, FeedbackRefused, feedback_root, get
 from .guard import RequestGuard, api_token
+from .lesion_rule import LesionRule
 from .observe import features
 from .prediction_log import PredictionLog, now_iso, sink_from_env
 from .runtime import (
@@ -268,6 +269,8 @@ class Segmenter:
         meta = stored.info.metadata
         self.size, self.channels = int(meta["image_size"]), int(meta["in_channels"])
         self.card = model_card(stored)
+        # how probabilities become masks: the evaluated rule, recorded with the model when it was packaged
+        self.rule = LesionRule.from_dict(meta.get("lesion_rule"), SERVED_THRESHOLD)
         self.runtime = _served_model(stored)
         self.infer = _batcher(self.runtime)
         self._ran = self.runtime.describe()
@@ -318,8 +321,8 @@ class Segmenter:
 
         def finish():
             prob = resize_back(small, image.shape[0], image.shape[1])
-            mask = (prob > SERVED_THRESHOLD).astype(np.uint8)
-            return render(image, prob, mask), features(image, prob, SERVED_THRESHOLD) if self.predictions else {}, mask
+            mask = self.rule.mask(prob).astype(np.uint8)
+            return render(image, prob, mask), features(image, prob, self.rule.threshold) if self.predictions else {}, mask
 
         result, seen, mask = await self._work(finish)
         timing = {"total": (time.perf_counter() - t0) * 1000, "decode": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}
@@ -359,7 +362,7 @@ class Segmenter:
         summary, timing, request_id = out
         # a Response, not a context: seen twice in thousands, a request of an API with a context parameter
         # never answered under concurrent load
-        return JSONResponse({**summary, "threshold": SERVED_THRESHOLD, "model": {**self.card, **self._ran},
+        return JSONResponse({**summary, "threshold": self.rule.threshold, "lesion_rule": self.rule.as_dict(), "model": {**self.card, **self._ran},
                              "latency_ms": timing, "request_id": request_id}, headers={REQUEST_ID: request_id})
 
     @bentoml.api(route="/feedback")
@@ -395,7 +398,7 @@ class Segmenter:
         """The mask this server answers for DATA (0/255 PNG): what a reviewer called correct."""
         image, x = await self._work(self._prepare_bytes, data)
         small = await self.infer(x)
-        return await self._work(lambda: png_bytes((resize_back(small, *image.shape[:2]) > SERVED_THRESHOLD)
+        return await self._work(lambda: png_bytes(self.rule.mask(resize_back(small, *image.shape[:2]))
                                                   .astype(np.uint8) * 255))
 
     def _prepare_bytes(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:

@@ -82,6 +82,7 @@ def summarize(cfg: RunConfig, data_md5: str, before: dict | None, after: dict | 
         "promotion": promotion and promotion.to_dict(),
         "breakdown": evaluation and evaluation.breakdown,
         "cross_validation": evaluation and evaluation.cross_validation,
+        "lesion_rule": evaluation and evaluation.lesion_rule,
         "mlflow_tracking_uri": store, "outputs": str(run_dir) if run_dir else None,
         "mlflow_ui": (f"open {store}" if store.startswith(("http://", "https://"))
                       else f"mlflow ui --backend-store-uri {store} --port 5000"),

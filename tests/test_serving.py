@@ -351,6 +351,42 @@ def test_segment_json(server, packaged, images):
     assert d["request_id"] == r.headers["X-Request-ID"] and len(d["request_id"]) == 32
 
 
+def _splitting_rule(evidences: list[tuple[float, float]]):
+    """A lesion-free rule whose region-size bound falls in the widest gap between the images' largest regions."""
+    from cmunext_serving.lesion_rule import LesionRule
+
+    areas = sorted({a for _, a in evidences if a > 0})
+    assert len(areas) >= 2, f"the test images' largest regions {areas} cannot be split by a rule"
+    gap = max(range(len(areas) - 1), key=lambda i: areas[i + 1] - areas[i])
+    return LesionRule(0.5, min_area=(areas[gap] + areas[gap + 1]) / 2)
+
+
+def test_the_served_form_applies_the_models_lesion_rule(packaged, served_weights, images, tmp_path):
+    """A model packaged with an active lesion-free rule (as the evaluate step records it): every served mask is the
+    rule's mask of the in-process probabilities, some emptied by it and some kept, and /segment_json names it."""
+    from cmunext.serving.package import package_model
+    from cmunext_serving.lesion_rule import evidence
+
+    local = {name: predictor_mask(served_weights, data, tmp_path, name)[1] for name, data in images.items()}
+    rule = _splitting_rule([evidence(prob) for prob in local.values()])
+    built = package_model(served_weights, model_name="cmunext-test", model_version=5, run_id="run-rule",
+                          data_revision="rev-123", metrics={"iou": 0.5}, runs=5, rule=rule)
+    srv = Server(built["bento_tag"], tmp_path / "serve-rule.log")
+    try:
+        emptied = 0
+        for name, data in images.items():
+            r = srv.post("/segment", data, name=name, ctype="image/jpeg" if name.endswith(".jpg") else "image/png")
+            assert r.status_code == 200, (name, r.text[:300])
+            served = np.asarray(Image.open(io.BytesIO(r.content))) == 255
+            expected = rule.mask(local[name])
+            assert_same_mask(served, local[name], expected)
+            emptied += int(not expected.any() and (local[name] > 0.5).any())
+        assert 0 < emptied < len(images), "the rule emptied none or all: the comparison would be vacuous"
+        assert srv.post("/segment_json", images["gray.png"]).json()["lesion_rule"] == rule.as_dict()
+    finally:
+        srv.close()
+
+
 def _logged(root: Path, ids: set[str], timeout: float = 20) -> dict[str, dict]:
     """The prediction-log records of IDS, once the server's batches have reached ROOT."""
     from cmunext.monitoring import records

@@ -30,12 +30,36 @@ def cv_line(cv: dict) -> str:
             f"(mean over folds of {cv['pool_images']} images outside the test split; t-interval)")
 
 
+def _share(est: dict | None) -> str:
+    return f"{est['value']:.1%}" if est else "-"
+
+
+def lesion_rule_lines(choice: dict) -> list[str]:
+    """The lesion-free rule the masks were made with (cmunext/no_lesion.py), why, and what it changed on test."""
+    from cmunext_serving.lesion_rule import LesionRule
+
+    rule = choice["rule"]
+    if not LesionRule.from_dict(rule).active:
+        return [f"  lesion rule   : off, threshold {rule['threshold']:g} only ({choice.get('reason', '')})"]
+    val = choice["with"]  # an active rule had both kinds of validation image to choose on
+    lines = [f"  lesion rule   : empty unless peak >= {rule['min_peak']:g} and largest region >= "
+             f"{rule['min_area']:.2%} of the image (validation: normals empty {val['specificity']:.0%}, "
+             f"lesions found {val['sensitivity']:.0%})"]
+    if test := choice.get("test"):
+        d = test["breakdown_without"]["detection"]
+        lines.append(f"                  without it on test: normals empty {_share(d['specificity'])}, lesions "
+                     f"found {_share(d['sensitivity'])}; {test['emptied']} masks emptied by it")
+    return lines
+
+
 def metric_lines(s: dict) -> list[str]:
     m = s["metrics"]
     lines = [f"  test IoU      : {ci(m['iou'])} Dice {m['dice']['value']:.4f}  HD95 {m['hd95']['value']:.1f} px"]
     lines += breakdown_lines(s.get("breakdown"))
     if s.get("cross_validation"):
         lines.append(cv_line(s["cross_validation"]))
+    if s.get("lesion_rule"):
+        lines += lesion_rule_lines(s["lesion_rule"])
     lines.append(f"  latency       : p50 {s['latency']['p50_ms']:.1f} ms, p95 {s['latency']['p95_ms']:.1f} ms "
                  f"({s['latency'].get('artifact', '')})")
     return lines

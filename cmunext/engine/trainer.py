@@ -26,6 +26,7 @@ from ..data.transforms import eval_transform, train_transform
 from ..losses import BCEDiceLoss
 from ..models import count_parameters, create_model
 from .checkpoint import CheckpointDir
+from .recipe import learning_rate, make_optimizer, weight_average
 from .weights import save_weights
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,12 @@ class _Session:
     loss_fn: torch.nn.Module
     use_amp: bool
     amp_dtype: torch.dtype
+    ema: torch.nn.Module | None = None  # the weights' moving average (train.ema_decay), validated and shipped
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights that are validated, kept as the best epoch and saved."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 @dataclass
@@ -167,8 +174,8 @@ def _setup_device(tc: TrainConfig, local_rank: int) -> torch.device:
 def _build_data(cfg: RunConfig, data_dir: str | Path, device: torch.device, rank: int, world: int) -> _Data:
     """Train (augmented, resumably shuffled or lesion-weighted, sharded under DDP) and val (plain) loaders."""
     tc, channels = cfg.train, cfg.model.in_channels
-    train_ds = ShardDataset(data_dir, "train", train_transform(cfg.data.image_size, channels, cfg.data.augment),
-                            channels=channels, seed=tc.seed)
+    augmented = train_transform(cfg.data.image_size, channels, cfg.data.augment, cfg.data.augment_policy)
+    train_ds = ShardDataset(data_dir, "train", augmented, channels=channels, seed=tc.seed)
     val_ds = ShardDataset(data_dir, "val", eval_transform(cfg.data.image_size, channels), channels=channels)
     sampler = (DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed)
                if world > 1 else EpochSampler(len(train_ds), tc.seed, train_ds.has_lesion(), tc.min_lesion_share))
@@ -189,12 +196,13 @@ def _build_session(cfg: RunConfig, data: _Data, device: torch.device, world: int
         if device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    optimizer = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    optimizer = make_optimizer(model, tc)
     loss_fn = BCEDiceLoss()
     use_amp = tc.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    return _Session(cfg, world, main, device, data, model, net, optimizer, scaler, loss_fn, use_amp, amp_dtype)
+    return _Session(cfg, world, main, device, data, model, net, optimizer, scaler, loss_fn, use_amp, amp_dtype,
+                    weight_average(model, tc))
 
 
 def _resume_state(ckpt: CheckpointDir, s: _Session) -> _RunState:
@@ -204,6 +212,8 @@ def _resume_state(ckpt: CheckpointDir, s: _Session) -> _RunState:
     s.model.load_state_dict(state["model"])
     s.optimizer.load_state_dict(state["optimizer"])
     s.scaler.load_state_dict(state["scaler"])
+    if s.ema is not None and state.get("ema"):
+        s.ema.load_state_dict(state["ema"])
     return _RunState(epoch=state["epoch"], iteration=state["iteration"], best_iou=state["best_val_iou"],
                      best_epoch=state["best_epoch"], best_state=state["best_model"], history=state["history"])
 
@@ -219,11 +229,13 @@ def train_step(s: _Session, images: torch.Tensor, masks: torch.Tensor, lr: float
     s.scaler.scale(loss).backward()
     s.scaler.step(s.optimizer)
     s.scaler.update()
+    if s.ema is not None:
+        s.ema.update_parameters(s.model)
     return loss
 
 
 def train_epoch(s: _Session, run: _RunState, epoch: int, max_iter: int, progress: bool) -> dict:
-    """One pass over the training split with the poly learning-rate schedule; returns the epoch's training
+    """One pass over the training split at the recipe's learning rates (engine/recipe.py); returns the epoch's training
     metrics and adds to RUN's iteration and throughput counters (time waiting for data counted apart)."""
     tc = s.cfg.train
     s.data.sampler.set_epoch(epoch)
@@ -235,7 +247,7 @@ def train_epoch(s: _Session, run: _RunState, epoch: int, max_iter: int, progress
     t_wait = time.perf_counter()
     for images, masks in bar:
         run.wait_time += time.perf_counter() - t_wait
-        run.lr = tc.lr * (1 - run.iteration / max_iter) ** tc.poly_power
+        run.lr = learning_rate(tc, run.iteration, max_iter, len(s.data.train_loader))
         loss = train_step(s, images, masks, run.lr)
         run.iteration += 1
         total_loss += loss.item() * len(images)
@@ -252,11 +264,11 @@ def train_epoch(s: _Session, run: _RunState, epoch: int, max_iter: int, progress
 def eval_epoch(s: _Session, run: _RunState, epoch: int, metrics: dict) -> None:
     """Validate into METRICS, keep a CPU copy of the weights if this epoch is the best so far, and record it."""
     t_val = time.perf_counter()
-    metrics.update(validate(s.model, s.data.val_loader, s.device, s.cfg.eval.threshold, s.loss_fn))
+    metrics.update(validate(s.evaluated, s.data.val_loader, s.device, s.cfg.eval.threshold, s.loss_fn))
     metrics["val_seconds"] = time.perf_counter() - t_val
     if metrics["val_iou"] > run.best_iou:
         run.best_iou, run.best_epoch = metrics["val_iou"], epoch + 1
-        run.best_state = {k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()}
+        run.best_state = {k: v.detach().cpu().clone() for k, v in s.evaluated.state_dict().items()}
     run.history.append(metrics)
 
 
@@ -270,7 +282,8 @@ def _end_epoch(s: _Session, run: _RunState, epoch: int, metrics: dict, ckpt: Che
              run.best_iou, run.best_epoch, metrics["train_images_per_second"])
     ckpt.save({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
                "epoch": epoch + 1, "iteration": run.iteration, "best_val_iou": run.best_iou,
-               "best_epoch": run.best_epoch, "best_model": run.best_state, "history": run.history})
+               "best_epoch": run.best_epoch, "best_model": run.best_state, "history": run.history,
+               "ema": s.ema.state_dict() if s.ema is not None else None})
     for cb in callbacks:
         cb.on_epoch_end(epoch + 1, metrics)
 

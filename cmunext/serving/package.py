@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from cmunext_serving.engines import serving_record
 from cmunext_serving.fingerprint import sha256_file
+from cmunext_serving.lesion_rule import LesionRule
 from cmunext_serving.runtime import EXPORT_JSON, verify_artifact
 
 from ..errors import CmunextError
@@ -215,7 +216,7 @@ def _store_model(artifact: Path, info: dict, artifact_labels: dict, metadata: di
 
 
 def _bentofile(*, model_name: str, model_version: str | int, info: dict, record: dict, artifact_labels: dict,
-               model_tag: str, runtimes: tuple[str, ...], threshold: float) -> dict:
+               model_tag: str, runtimes: tuple[str, ...], rule: LesionRule) -> dict:
     """bentofile.yaml's content: the whole serving package, pins of its packages (RUNTIMES' included) and build
     arguments naming the model and its sha256, so the bento always serves the model it was built with."""
     return {
@@ -227,19 +228,19 @@ def _bentofile(*, model_name: str, model_version: str | int, info: dict, record:
         "include": [f"/{BUNDLE}/**/*.py"],
         "exclude": ["__pycache__/", "*.pyc"],
         "python": {"packages": serving_requirements(runtimes), "lock_packages": False},
-        "args": {"model": model_tag, "sha256": info["sha256"], "threshold": threshold},
+        "args": {"model": model_tag, "sha256": info["sha256"], "threshold": rule.threshold},
     }
 
 
 def package_model(weights: str | Path, *, model_name: str, model_version: str | int, run_id: str,
                   data_revision: str, metrics: dict, export_to: str | None = None, tolerance: float = 1e-4,
-                  runs: int = 30, exported: str | Path | None = None, threshold: float = 0.5) -> dict:
+                  runs: int = 30, exported: str | Path | None = None, rule: LesionRule = LesionRule()) -> dict:
     """Export WEIGHTS, store the artifact as a BentoML model, build a bento and export it as a .bento archive
     (to <state>/bentos/, or to EXPORT_TO: a folder, a file path or an s3:// URL).
 
     EXPORTED, an artifact folder that export_serving_artifact already wrote for these same weights (the
-    evaluate step's, whose latency the gate judged), is packaged as it is instead of exporting again. THRESHOLD
-    (the evaluation's) is the one the service turns probabilities into masks with.
+    evaluate step's, whose latency the gate judged), is packaged as it is instead of exporting again. RULE (the
+    evaluation's threshold and lesion-free rule) is the one the service turns probabilities into masks with.
 
     Returns {"bento_tag", "model_tag", "archive", "format", "sha256", ...}.
     """
@@ -255,13 +256,13 @@ def package_model(weights: str | Path, *, model_name: str, model_version: str | 
         runtimes = tuple(r for r in (record["runtime"], fallback.get("runtime")) if r)
         artifact_labels = {**labels, "sha256": info["sha256"], "format": info["format"], "runtime": record["runtime"],
                            "precision": record["precision"]}
-        metadata = _model_metadata(info, record, artifact_labels, metrics)
+        metadata = {**_model_metadata(info, record, artifact_labels, metrics), "lesion_rule": rule.as_dict()}
         model_tag = _store_model(tmp / "artifact", info, artifact_labels, metadata, model_store)
 
         ctx = stage_bundle(tmp / "context")
         bento_tag = _build(ctx, _bentofile(model_name=model_name, model_version=model_version, info=info,
                                            record=record, artifact_labels=artifact_labels, model_tag=model_tag,
-                                           runtimes=runtimes, threshold=threshold), home)
+                                           runtimes=runtimes, rule=rule), home)
     log.info("package: bento %s", bento_tag)
 
     archive = export_archive(bento_tag, export_to)

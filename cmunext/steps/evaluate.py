@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cmunext_serving.lesion_rule import LesionRule
+
 from ..config import RunConfig
 from .common import SPLIT_ARTIFACT, StepFailed
 
@@ -33,10 +35,11 @@ def _trained_on(run_id: str, dest: Path) -> set[str] | None:
     return set(split.get("train", [])) | set(split.get("val", []))
 
 
-def _score(cfg: RunConfig, weights: Path, data_dir: Path, stems: list[str], workdir: Path,
+def _score(cfg: RunConfig, weights: Path, data_dir: Path, stems: list[str], workdir: Path, rule: LesionRule,
            observed: list[dict] | None = None) -> tuple[list, dict, object]:
-    """Per-image rows, the latency of the fp32 serving artifact, and the predictor; with OBSERVED, the prediction
-    features of each answer are kept there too (the drift reference, cmunext/monitoring/reference.py)."""
+    """Per-image rows (masks by RULE, as served), the latency of the fp32 serving artifact, and the predictor; with
+    OBSERVED, the prediction features of each answer are kept there too (the drift reference,
+    cmunext/monitoring/reference.py)."""
     from ..evaluation import latency_ms, score_images
     from ..monitoring.reference import observing
     from ..predict import Predictor
@@ -46,11 +49,48 @@ def _score(cfg: RunConfig, weights: Path, data_dir: Path, stems: list[str], work
     probabilities = predictor.probabilities
     if observed is not None:
         probabilities = observing(probabilities, cfg.eval.threshold, observed)
-    rows = score_images(probabilities, data_dir, stems, cfg.eval.threshold, progress=False)
+    rows = score_images(probabilities, data_dir, stems, rule, progress=False)
     run, artifact = serving_runner(weights, workdir)
     lat = latency_ms(run, cfg.eval.latency_runs, cfg.eval.latency_warmup)
     lat["artifact"] = artifact
     return rows, lat, predictor
+
+
+def _choose_lesion_rule(cfg: RunConfig, weights: Path, data_dir: Path, split: dict) -> dict:
+    """The lesion-free rule for this model, chosen on the validation split (cmunext/no_lesion.py)."""
+    from ..no_lesion import choose_rule, validation_evidence
+    from ..predict import Predictor
+
+    off = {"rule": LesionRule(cfg.eval.threshold).as_dict(), "chosen_on": None}
+    if cfg.eval.lesion_rule == "off":
+        return {**off, "reason": "eval.lesion_rule: off"}
+    if not split.get("val"):
+        return {**off, "reason": "no validation split to choose on: rule off (threshold only)"}
+    seen = validation_evidence(Predictor(weights).probabilities, data_dir, split["val"], cfg.eval.threshold)
+    return choose_rule(seen, cfg.eval.threshold, cfg.eval.lesion_rule_max_sensitivity_drop)
+
+
+def _rule_effect(cfg: RunConfig, predictor, data_dir: Path, rows: list[dict], classes: dict) -> dict:
+    """What the rule changed on the test split: the breakdown without it, and paired differences (with - without)
+    of lesion-image IoU, of lesion images found and of normal images called empty. Reported, never used to choose."""
+    from ..evaluation import breakdown, score_images
+    from ..metrics import paired_difference
+
+    off = score_images(predictor.probabilities, data_dir, [r["stem"] for r in rows], cfg.eval.threshold,
+                       progress=False)
+
+    def paired(kind: str, value) -> dict | None:
+        pairs = [(value(r), value(o)) for r, o in zip(rows, off) if (r["tp"] + r["fn"] > 0) == (kind == "lesion")]
+        return paired_difference(*zip(*pairs), cfg.eval.bootstrap).as_dict() if pairs else None
+
+    def found(r: dict) -> float:
+        return float(r["tp"] + r["fp"] > 0)
+
+    return {"breakdown_without": breakdown(off, classes, cfg.eval.bootstrap),
+            "lesion_iou_diff": paired("lesion", lambda r: r["iou"]),
+            "sensitivity_diff": paired("lesion", found),
+            "specificity_diff": paired("normal", lambda r: 1 - found(r)),
+            "emptied": sum(found(o) > found(r) for r, o in zip(rows, off))}
 
 
 def _choose_precision(cfg: RunConfig, artifact: Path, data_dir: Path, preprocessed_dir: Path,
@@ -97,8 +137,9 @@ def evaluate(cfg: RunConfig, weights: str | Path, data_dir: str | Path, preproce
     if cfg.eval.cv_folds:
         from ..cross_validation import cross_validate
         evaluation["cross_validation"] = cross_validate(cfg, data_dir, split, cfg.eval.cv_folds, out_dir / "cv", classes)
+    rule = LesionRule.from_dict(evaluation["lesion_rule"]["rule"])
     gallery_png = gallery(evaluation["per_image"], predictor.probabilities, data_dir, out_dir / "gallery.png",
-                          cfg.eval.gallery_size, cfg.eval.threshold) if cfg.eval.gallery_size else None
+                          cfg.eval.gallery_size, rule) if cfg.eval.gallery_size else None
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
     if run_id:
         _log_evaluation(run_id, evaluation, gallery_png)
@@ -123,7 +164,12 @@ def _score_candidate(cfg: RunConfig, weights: Path, data_dir: Path, preprocessed
     from ..evaluation import breakdown, count_macs, summarize
     from ..models import count_parameters
 
-    rows, lat, predictor = _score(cfg, weights, data_dir, stems, artifact, observed)
+    split = json.loads((preprocessed_dir / "splits.json").read_text())
+    lesion_rule = _choose_lesion_rule(cfg, weights, data_dir, split)
+    rule = LesionRule.from_dict(lesion_rule["rule"])
+    rows, lat, predictor = _score(cfg, weights, data_dir, stems, artifact, rule, observed)
+    if rule.active:
+        lesion_rule["test"] = _rule_effect(cfg, predictor, data_dir, rows, classes)
     precision = _choose_precision(cfg, artifact, data_dir, preprocessed_dir, stems)
     if precision["chosen"] != "onnxruntime/fp32":  # the gate judges the form that ships; fp32 stays for the
         lat = {**_artifact_latency(cfg, artifact), "fp32_p95_ms": lat["p95_ms"]}  # like-for-like champion ratio
@@ -134,7 +180,7 @@ def _score_candidate(cfg: RunConfig, weights: Path, data_dir: Path, preprocessed
         "images": len(rows), "split": "test", "metrics": summarize(rows, cfg.eval.bootstrap), "latency": lat,
         "params": count_parameters(predictor.model), "macs": count_macs(predictor.model, size, size),
         "image_size": size, "per_image": rows, "champion": None, "precision": precision,
-        "breakdown": breakdown(rows, classes, cfg.eval.bootstrap),
+        "breakdown": breakdown(rows, classes, cfg.eval.bootstrap), "lesion_rule": lesion_rule,
     }, predictor
 
 
@@ -153,7 +199,8 @@ def _compare_with_champion(cfg: RunConfig, rows: list[dict], data_dir: Path, ste
     if not fair:
         raise StepFailed(f"champion v{champ['version']} trained on every image of this test split; freeze the "
                          "split with `cmunext data split DIR` so the test images stay test")
-    c_rows, c_lat, _ = _score(cfg, champ_weights, data_dir, fair, out_dir / "champion_artifact")
+    champ_rule = LesionRule.from_dict(json.loads(champ["tags"].get("lesion_rule", "null")), cfg.eval.threshold)
+    c_rows, c_lat, _ = _score(cfg, champ_weights, data_dir, fair, out_dir / "champion_artifact", champ_rule)
     c_lat["fp32_p95_ms"] = c_lat["p95_ms"]
     fair_set = set(fair)
     mine = [r for r in rows if r["stem"] in fair_set]
@@ -179,6 +226,8 @@ def _log_evaluation(run_id: str, evaluation: dict, gallery_png: Path | None) -> 
     flat.update({"latency_p50_ms": lat["p50_ms"], "latency_p95_ms": lat["p95_ms"],
                  "params": evaluation["params"], "gmacs": evaluation["macs"] / 1e9})
     flat.update(_breakdown_metrics(evaluation["breakdown"]))
+    rule = evaluation["lesion_rule"]["rule"]
+    flat.update({"lesion_rule_min_peak": rule["min_peak"], "lesion_rule_min_area": rule["min_area"]})
     if cv := evaluation.get("cross_validation"):
         flat.update({"cv_iou": cv["iou"]["value"], "cv_iou_ci95_low": cv["iou"]["ci95_low"],
                      "cv_iou_ci95_high": cv["iou"]["ci95_high"], "cv_dice": cv["dice"]["value"],

@@ -1,0 +1,130 @@
+"""A recipe, change by change: each row adds config overrides to the row before it, trains, is scored once on the
+test split and is compared with the previous row on the same images (paired bootstrap of the per-image IoU
+difference). What to keep is decided on the validation figure; the test figure is reported, never tuned on.
+
+benchmarks/busi_ablation.py runs the BUSI ladder and writes docs/results/busi-ablation.md; the tests run a ladder
+on a few synthetic images.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import load_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    overrides: tuple[str, ...]  # added to every earlier row's
+
+
+def load_ladder(path: str | Path) -> tuple[str, list[Row]]:
+    """(base config, rows) from a ladder file: {"base": CONFIG, "rows": [{"name", "set": [KEY=VALUE, ...]}]}."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text())
+    return raw["base"], [Row(r["name"], tuple(r.get("set", []))) for r in raw["rows"]]
+
+
+def _score_row(cfg, weights: Path, data_dir: Path, stems: list[str], classes: dict, work: Path) -> dict:
+    from .evaluation import breakdown, latency_ms, score_images, summarize
+    from .predict import Predictor
+    from .serving_artifact import serving_runner
+
+    rows = score_images(Predictor(weights).probabilities, data_dir, stems, cfg.eval.threshold, progress=False)
+    run, artifact = serving_runner(weights, work / "artifact")
+    return {"per_image": rows, "metrics": summarize(rows, cfg.eval.bootstrap),
+            "breakdown": breakdown(rows, classes, cfg.eval.bootstrap),
+            "latency": {**latency_ms(run, cfg.eval.latency_runs, cfg.eval.latency_warmup), "artifact": artifact}}
+
+
+def _prepared(cfg, work: Path) -> tuple[Path, Path, dict]:
+    """The pipeline's own data steps: the dataset's snapshot (its duplicates policy carried out), its frozen split
+    and shards; returns (snapshot, shards, split)."""
+    from .steps.data import preprocess, snapshot_data, validate
+
+    snapshot, shards = work / "data", work / "preprocessed"
+    snapshot_data(cfg, "workspace", Path.cwd(), snapshot)
+    validate(cfg, snapshot, work / "validation")
+    preprocess(cfg, snapshot, shards, "workspace")
+    return snapshot, shards, json.loads((shards / "splits.json").read_text())
+
+
+def run_row(base: str | Path, overrides: list[str], work: Path, data: str | None = None) -> dict:
+    """Train one row's config from scratch, as the pipeline's data and train steps would, and score it on the
+    test split."""
+    from .data.duplicates import read_classes
+    from .engine.trainer import train
+
+    cfg = load_config(base, [*overrides, *([f"data.source={data}"] if data else [])])
+    snapshot, shards, split = _prepared(cfg, work)
+    t0 = time.perf_counter()
+    trained = train(cfg, shards, work / "train", progress=False)
+    minutes = (time.perf_counter() - t0) / 60
+    scored = _score_row(cfg, trained.weights, snapshot, split["test"], read_classes(snapshot), work)
+    return {**scored, "val_iou": trained.best_val_iou, "best_epoch": trained.best_epoch, "train_minutes": minutes,
+            "test_images": len(split["test"])}
+
+
+def compare_rows(row: dict, previous: dict | None, n_boot: int) -> dict | None:
+    """The paired IoU difference (row - previous) on the same test images, and whether its CI includes zero."""
+    from .evaluation import compare
+
+    if previous is None:
+        return None
+    diff = compare(row["per_image"], previous["per_image"], n_boot)["iou_diff"]
+    return {**diff, "includes_zero": diff["ci95_low"] <= 0 <= diff["ci95_high"]}
+
+
+def run_ladder(base: str | Path, rows: list[Row], out: Path, data: str | None = None) -> list[dict]:
+    """Every row in order, each with its figures and the comparison with the row before; results.json in OUT."""
+    results: list[dict] = []
+    overrides: list[str] = []
+    for k, row in enumerate(rows):
+        overrides = [*overrides, *row.overrides]
+        log.info("ablation row %d/%d: %s", k + 1, len(rows), row.name)
+        measured = run_row(base, overrides, out / f"row{k}", data)
+        previous = results[-1]["measured"] if results else None
+        bootstrap = load_config(base, overrides).eval.bootstrap
+        results.append({"name": row.name, "set": list(row.overrides), "measured": measured,
+                        "vs_previous": compare_rows(measured, previous, bootstrap)})
+        (out / "results.json").write_text(json.dumps(_without_images(results), indent=1))
+    return results
+
+
+def _without_images(results: list[dict]) -> list[dict]:
+    return [{**r, "measured": {k: v for k, v in r["measured"].items() if k != "per_image"}} for r in results]
+
+
+def _ci(est: dict) -> str:
+    return f"{est['value']:.3f} [{est['ci95_low']:.3f}, {est['ci95_high']:.3f}]"
+
+
+def _diff(cmp: dict | None) -> str:
+    if cmp is None:
+        return "-"
+    verdict = "CI includes 0" if cmp["includes_zero"] else ("better" if cmp["value"] > 0 else "worse")
+    return f"{cmp['value']:+.3f} [{cmp['ci95_low']:+.3f}, {cmp['ci95_high']:+.3f}] ({verdict})"
+
+
+def markdown_table(results: list[dict]) -> str:
+    """One line per row, in the order the changes were added."""
+    classes = sorted({c for r in results for c in r["measured"]["breakdown"]["classes"]})
+    head = ["#", "change", "val IoU", "test IoU [95% CI]", "Dice", *[f"IoU {c}" for c in classes],
+            "IoU vs previous row (paired)", "train min", "p95 ms"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k, r in enumerate(results):
+        m = r["measured"]
+        by_class = [f"{m['breakdown']['classes'][c]['iou']['value']:.3f}" if c in m["breakdown"]["classes"] else "-"
+                    for c in classes]
+        cells = [str(k), r["name"], f"{m['val_iou']:.3f}", _ci(m["metrics"]["iou"]),
+                 f"{m['metrics']['dice']['value']:.3f}", *by_class, _diff(r["vs_previous"]),
+                 f"{m['train_minutes']:.1f}", f"{m['latency']['p95_ms']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

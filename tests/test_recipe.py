@@ -1,0 +1,108 @@
+"""The recipe's choices around the network (cmunext/engine/recipe.py, data.augment_policy): schedules, optimisers, the
+weights' moving average and the ultrasound augmentation, each trained for real on a few synthetic images."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from cmunext.config import load_config
+from cmunext.engine.recipe import learning_rate
+
+CI_TINY = ROOT / "configs" / "ci-tiny.yaml"
+
+
+def _train_config(*overrides: str):
+    return load_config(CI_TINY, list(overrides)).train
+
+
+def test_the_poly_schedule_is_the_papers():
+    tc = _train_config("train.lr=0.01")
+    assert [learning_rate(tc, i, 100, 10) for i in (0, 50, 99)] == pytest.approx(
+        [0.01, 0.01 * 0.5 ** 0.9, 0.01 * 0.01 ** 0.9])
+
+
+def test_warm_up_then_cosine():
+    tc = _train_config("train.lr=0.001", "train.schedule=cosine", "train.warmup_epochs=2")
+    rates = [learning_rate(tc, i, 100, 10) for i in range(100)]
+    assert rates[0] == pytest.approx(0.001 / 20) and rates[19] == pytest.approx(0.001)  # linear over 20 steps
+    assert np.all(np.diff(rates[:20]) > 0) and np.all(np.diff(rates[20:]) <= 0)
+    assert rates[20] == pytest.approx(0.001) and rates[-1] < 0.001 * 0.01
+
+
+def test_ultrasound_augmentation_keeps_the_probe_at_the_top():
+    """No rotate-90 or vertical flip in the ultrasound policy: a bright top band (the probe's near field) stays in the
+    top half of every augmented image; the reference policy moves it."""
+    from cmunext.data.transforms import train_transform
+
+    image = np.full((64, 64, 3), 40, np.uint8)
+    image[:12] = 220
+    mask = np.zeros((64, 64), np.uint8)
+
+    def top_share(policy: str) -> float:
+        aug = train_transform(64, 3, True, policy)
+        outs = [aug(image=image, mask=mask)["image"][..., 0] for _ in range(40)]
+        return float(np.mean([o[:32].mean() > o[32:].mean() for o in outs]))
+
+    assert top_share("ultrasound") == 1.0
+    assert top_share("reference") < 0.9
+
+
+def test_adamw_cosine_and_a_moving_average_train_and_resume(tmp_path, synth_dataset):
+    """The moving average is what is validated and shipped, and a resumed run carries it on."""
+    from cmunext.data.layout import list_pairs
+    from cmunext.data.preprocess import preprocess
+    from cmunext.engine.checkpoint import CheckpointDir
+    from cmunext.engine.trainer import train
+    from cmunext.engine.weights import load_weights
+
+    stems = list_pairs(synth_dataset)
+    preprocess(synth_dataset, {"train": stems[:16], "val": stems[16:20], "test": stems[20:]}, tmp_path / "pre", 64,
+               progress=False)
+    cfg = load_config(CI_TINY, ["train.optimizer=adamw", "train.lr=0.002", "train.schedule=cosine",
+                                "train.warmup_epochs=1", "train.ema_decay=0.9", "data.augment_policy=ultrasound",
+                                "train.epochs=3"])
+    first = train(load_config(CI_TINY, [*_overrides(cfg), "train.epochs=2"]), tmp_path / "pre", tmp_path / "run",
+                  progress=False)
+    resumed = train(cfg, tmp_path / "pre", tmp_path / "run", resume=True, progress=False)
+    assert len(first.history) == 2 and len(resumed.history) == 3
+    assert all(np.isfinite(h["train_loss"]) for h in resumed.history)
+    assert resumed.history[0]["lr"] == pytest.approx(0.002)  # the warm-up ends at the peak rate
+    assert resumed.history[-1]["lr"] < 0.002 * 0.1  # the cosine ends near zero
+    assert CheckpointDir(tmp_path / "run" / "checkpoints").load_latest()["ema"]["n_averaged"] > 0
+    model, _ = load_weights(resumed.weights)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["train"]["ema_decay"] == 0.9
+    assert all(np.isfinite(p.detach().numpy()).all() for p in model.parameters())
+
+
+def _overrides(cfg) -> list[str]:
+    t, d = cfg.train, cfg.data
+    return [f"train.optimizer={t.optimizer}", f"train.lr={t.lr}", f"train.schedule={t.schedule}",
+            f"train.warmup_epochs={t.warmup_epochs}", f"train.ema_decay={t.ema_decay}",
+            f"data.augment_policy={d.augment_policy}"]
+
+
+def test_the_ablation_ladder_compares_each_row_with_the_one_before(tmp_path, monkeypatch):
+    """cmunext/ablation.py on a few synthetic images: every row trained and scored on the same test split, rows after
+    the first compared with the previous one (paired), the table one line per row; BUSI's figures are measured by
+    benchmarks/busi_ablation.py, not here."""
+    from cmunext.ablation import load_ladder, markdown_table, run_ladder
+
+    monkeypatch.setenv("CMUNEXT_HOME", str(tmp_path / "home"))
+    ladder = tmp_path / "ladder.yaml"
+    ladder.write_text(f"base: {CI_TINY}\nrows:\n  - name: as it is\n  - name: ultrasound augmentation\n"
+                      "    set: [data.augment_policy=ultrasound]\n  - name: moving average\n    set: [train.ema_decay=0.9]\n")
+    base, rows = load_ladder(ladder)
+    results = run_ladder(base, rows, tmp_path / "out")
+    assert [r["name"] for r in results] == ["as it is", "ultrasound augmentation", "moving average"]
+    stems = [[p["stem"] for p in r["measured"]["per_image"]] for r in results]
+    assert stems[0] and stems[0] == stems[1] == stems[2]
+    assert results[0]["vs_previous"] is None
+    for r in results[1:]:
+        d = r["vs_previous"]
+        assert d["ci95_low"] <= d["value"] <= d["ci95_high"] and d["includes_zero"] == (d["ci95_low"] <= 0 <= d["ci95_high"])
+    table = markdown_table(results).splitlines()
+    assert len(table) == 2 + 3 and "moving average" in table[-1]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())[2]["set"] == ["train.ema_decay=0.9"]
