@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "busi-ablation.md")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from cmunext.ablation import load_ladder, run_ladder
+    from cmunext.ablation import load_ladder, published, run_ladder
     from cmunext.config import load_config
 
     os.chdir(ROOT)  # the configs name their data relative to the project
@@ -82,8 +82,7 @@ def main() -> None:
         os.environ.setdefault("CMUNEXT_HOME", str(Path(tmp) / "home"))
         results = run_ladder(base, rows, Path(tmp), data)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    (args.out.with_suffix(".json")).write_text(json.dumps(
-        [{**r, "measured": {k: v for k, v in r["measured"].items() if k != "per_image"}} for r in results], indent=1))
+    args.out.with_suffix(".json").write_text(json.dumps(published(results), indent=1))
     write_page(results, args.ladder, args.out, time.perf_counter() - t0)
     print(args.out.read_text())
 

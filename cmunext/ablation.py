@@ -1,6 +1,7 @@
 """A recipe, change by change: each row adds config overrides to the row before it, trains, is scored once on the
 test split and is compared with the previous row on the same images (paired bootstrap of the per-image IoU
-difference). What to keep is decided on the validation figure; the test figure is reported, never tuned on.
+difference). What to keep is decided on the validation figure; the test figure is reported, never tuned on. A row
+that changes only the serving form (eval.*: test-time augmentation) scores the previous row's weights again.
 
 benchmarks/busi_ablation.py runs the BUSI ladder and writes docs/results/busi-ablation.md; the tests run a ladder
 on a few synthetic images.
@@ -37,8 +38,9 @@ def _score_row(cfg, weights: Path, data_dir: Path, stems: list[str], classes: di
     from .predict import Predictor
     from .serving_artifact import serving_runner
 
-    rows = score_images(Predictor(weights).probabilities, data_dir, stems, cfg.eval.threshold, progress=False)
-    run, artifact = serving_runner(weights, work / "artifact")
+    predictor = Predictor(weights, tta=cfg.eval.tta)
+    rows = score_images(predictor.probabilities, data_dir, stems, cfg.eval.threshold, progress=False)
+    run, artifact = serving_runner(weights, work / "artifact", cfg.eval.tta)
     return {"per_image": rows, "metrics": summarize(rows, cfg.eval.bootstrap),
             "breakdown": breakdown(rows, classes, cfg.eval.bootstrap),
             "latency": {**latency_ms(run, cfg.eval.latency_runs, cfg.eval.latency_warmup), "artifact": artifact}}
@@ -56,20 +58,26 @@ def _prepared(cfg, work: Path) -> tuple[Path, Path, dict]:
     return snapshot, shards, json.loads((shards / "splits.json").read_text())
 
 
-def run_row(base: str | Path, overrides: list[str], work: Path, data: str | None = None) -> dict:
+def run_row(base: str | Path, overrides: list[str], work: Path, data: str | None = None,
+            trained_before: dict | None = None) -> dict:
     """Train one row's config from scratch, as the pipeline's data and train steps would, and score it on the
-    test split."""
+    test split. TRAINED_BEFORE (the previous row's figures) is reused when this row changes only eval.* keys."""
     from .data.duplicates import read_classes
     from .engine.trainer import train
 
     cfg = load_config(base, [*overrides, *([f"data.source={data}"] if data else [])])
     snapshot, shards, split = _prepared(cfg, work)
-    t0 = time.perf_counter()
-    trained = train(cfg, shards, work / "train", progress=False)
-    minutes = (time.perf_counter() - t0) / 60
-    scored = _score_row(cfg, trained.weights, snapshot, split["test"], read_classes(snapshot), work)
-    return {**scored, "val_iou": trained.best_val_iou, "best_epoch": trained.best_epoch, "train_minutes": minutes,
-            "test_images": len(split["test"])}
+    if trained_before is not None:
+        weights = Path(trained_before["weights"])
+        kept = {k: trained_before[k] for k in ("val_iou", "best_epoch", "train_minutes")}
+    else:
+        t0 = time.perf_counter()
+        trained = train(cfg, shards, work / "train", progress=False)
+        weights = trained.weights
+        kept = {"val_iou": trained.best_val_iou, "best_epoch": trained.best_epoch,
+                "train_minutes": (time.perf_counter() - t0) / 60}
+    scored = _score_row(cfg, weights, snapshot, split["test"], read_classes(snapshot), work)
+    return {**scored, **kept, "weights": str(weights), "test_images": len(split["test"])}
 
 
 def compare_rows(row: dict, previous: dict | None, n_boot: int) -> dict | None:
@@ -89,17 +97,20 @@ def run_ladder(base: str | Path, rows: list[Row], out: Path, data: str | None = 
     for k, row in enumerate(rows):
         overrides = [*overrides, *row.overrides]
         log.info("ablation row %d/%d: %s", k + 1, len(rows), row.name)
-        measured = run_row(base, overrides, out / f"row{k}", data)
         previous = results[-1]["measured"] if results else None
+        serving_only = previous is not None and all(o.startswith("eval.") for o in row.overrides)
+        measured = run_row(base, overrides, out / f"row{k}", data, previous if serving_only else None)
         bootstrap = load_config(base, overrides).eval.bootstrap
         results.append({"name": row.name, "set": list(row.overrides), "measured": measured,
                         "vs_previous": compare_rows(measured, previous, bootstrap)})
-        (out / "results.json").write_text(json.dumps(_without_images(results), indent=1))
+        (out / "results.json").write_text(json.dumps(published(results), indent=1))
     return results
 
 
-def _without_images(results: list[dict]) -> list[dict]:
-    return [{**r, "measured": {k: v for k, v in r["measured"].items() if k != "per_image"}} for r in results]
+def published(results: list[dict]) -> list[dict]:
+    """RESULTS without the per-image rows and the (temporary) weights paths."""
+    return [{**r, "measured": {k: v for k, v in r["measured"].items() if k not in ("per_image", "weights")}}
+            for r in results]
 
 
 def _ci(est: dict) -> str:

@@ -122,6 +122,9 @@ class EvalConfig(_Section):
     # K-fold grouped cross-validation on the images outside the test split (K extra trainings), reported
     # beside the held-out test figure; 0 = off (cmunext/cross_validation.py).
     cv_folds: int = Field(0, ge=0)
+    # Test-time augmentation inside the served graph (cmunext/models/tta.py): "hflip" averages the image's and its
+    # mirror's logits, in evaluation, export and serving alike, at about twice the compute
+    tta: Literal["none", "hflip"] = "none"
     # Whether an image shows a lesion at all (cmunext_serving/lesion_rule.py): "validation" chooses a peak-probability
     # and region-size rule on the validation split, which the evaluation and the served form both apply; "off"
     # keeps the plain threshold. A chosen rule finds as many validation lesion images as none, less this share.

@@ -13,14 +13,16 @@ from cmunext_serving.imageio import read_image, write_png
 from cmunext_serving.runtime import overlay, preprocess  # noqa: F401  (overlay is part of this module's API)
 
 from .engine.weights import load_weights
+from .models.tta import served_network
 
 
 class Predictor:
     """Eager PyTorch inference: resize to the trained size, normalise, sigmoid, resize back."""
 
-    def __init__(self, weights: str | Path, threshold: float = 0.5, device: str = "cpu") -> None:
-        self.model, self.meta = load_weights(weights)
+    def __init__(self, weights: str | Path, threshold: float = 0.5, device: str = "cpu", tta: str = "none") -> None:
+        self.model, self.meta = load_weights(weights)  # the network itself (its parameters and MACs)
         self.model.to(device)
+        self.network = served_network(self.model, tta)  # what runs: the network in its serving form
         self.device, self.threshold = device, threshold
         self.size, self.channels = self.meta["image_size"], self.meta["in_channels"]
 
@@ -31,7 +33,7 @@ class Predictor:
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """Lesion probability at the input's own height and width."""
         x = torch.from_numpy(self.preprocess(image))[None].to(self.device)
-        prob = torch.sigmoid(self.model(x))[0, 0].float().cpu().numpy()
+        prob = torch.sigmoid(self.network(x))[0, 0].float().cpu().numpy()
         h, w = image.shape[:2]
         return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 
 
-def serving_runner(weights: str | Path, workdir: str | Path):
-    """Returns (run, artifact_description): `run()` performs one warm batch-1 inference."""
+def serving_runner(weights: str | Path, workdir: str | Path, tta: str = "none"):
+    """Returns (run, artifact_description): `run()` performs one warm batch-1 inference of the serving form TTA."""
     from cmunext_serving.engines import ServedModel
 
     from .serving.export import export_serving_artifact
 
-    info = export_serving_artifact(weights, workdir)
+    info = export_serving_artifact(weights, workdir, tta=tta)
     model = ServedModel(workdir)
     x = np.zeros((1, model.channels, model.size, model.size), np.float32)
-    return (lambda: model.probabilities(x)), f"onnxruntime/fp32:{info['format']}"
+    form = f"onnxruntime/fp32:{info['format']}" + (f"+tta:{tta}" if tta != "none" else "")
+    return (lambda: model.probabilities(x)), form

@@ -93,16 +93,26 @@ def test_the_ablation_ladder_compares_each_row_with_the_one_before(tmp_path, mon
     monkeypatch.setenv("CMUNEXT_HOME", str(tmp_path / "home"))
     ladder = tmp_path / "ladder.yaml"
     ladder.write_text(f"base: {CI_TINY}\nrows:\n  - name: as it is\n  - name: ultrasound augmentation\n"
-                      "    set: [data.augment_policy=ultrasound]\n  - name: moving average\n    set: [train.ema_decay=0.9]\n")
+                      "    set: [data.augment_policy=ultrasound]\n  - name: moving average\n    set: [train.ema_decay=0.9]\n"
+                      "  - name: flip TTA\n    set: [eval.tta=hflip]\n")
     base, rows = load_ladder(ladder)
     results = run_ladder(base, rows, tmp_path / "out")
-    assert [r["name"] for r in results] == ["as it is", "ultrasound augmentation", "moving average"]
+    assert [r["name"] for r in results] == ["as it is", "ultrasound augmentation", "moving average", "flip TTA"]
     stems = [[p["stem"] for p in r["measured"]["per_image"]] for r in results]
-    assert stems[0] and stems[0] == stems[1] == stems[2]
+    assert stems[0] and stems[0] == stems[1] == stems[2] == stems[3]
+    assert results[3]["measured"]["weights"] == results[2]["measured"]["weights"]  # a serving form: not retrained
+    assert results[3]["measured"]["latency"]["artifact"].endswith("+tta:hflip")
     assert results[0]["vs_previous"] is None
     for r in results[1:]:
         d = r["vs_previous"]
         assert d["ci95_low"] <= d["value"] <= d["ci95_high"] and d["includes_zero"] == (d["ci95_low"] <= 0 <= d["ci95_high"])
     table = markdown_table(results).splitlines()
-    assert len(table) == 2 + 3 and "moving average" in table[-1]
+    assert len(table) == 2 + 4 and "flip TTA" in table[-1]
     assert json.loads((tmp_path / "out" / "results.json").read_text())[2]["set"] == ["train.ema_decay=0.9"]
+
+
+def test_an_unknown_serving_form_fails_at_configure_naming_the_key():
+    from cmunext.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.tta"):
+        load_config(CI_TINY, ["eval.tta=vflip"])

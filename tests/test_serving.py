@@ -387,6 +387,32 @@ def test_the_served_form_applies_the_models_lesion_rule(packaged, served_weights
         srv.close()
 
 
+def test_a_flip_averaged_form_serves_the_masks_it_is_scored_with(packaged, served_weights, images, tmp_path):
+    """eval.tta=hflip: the bento's masks equal the evaluated form's (eager PyTorch, the image and its mirror
+    averaged), which differ from the plain network's on these images."""
+    from cmunext.predict import Predictor
+    from cmunext.serving.package import package_model
+    from cmunext_serving.imageio import read_image
+
+    built = package_model(served_weights, model_name="cmunext-test", model_version=6, run_id="run-tta",
+                          data_revision="rev-123", metrics={"iou": 0.5}, runs=5, tta="hflip")
+    flipped, plain = Predictor(served_weights, tta="hflip"), Predictor(served_weights)
+    srv = Server(built["bento_tag"], tmp_path / "serve-tta.log")
+    try:
+        changed = 0
+        for name, data in images.items():
+            (tmp_path / name).write_bytes(data)
+            image = read_image(tmp_path / name)
+            r = srv.post("/segment", data, name=name, ctype="image/jpeg" if name.endswith(".jpg") else "image/png")
+            assert r.status_code == 200, (name, r.text[:300])
+            prob = flipped.probabilities(image)
+            assert_same_mask(np.asarray(Image.open(io.BytesIO(r.content))) == 255, prob, prob > 0.5)
+            changed += int(((prob > 0.5) != (plain.probabilities(image) > 0.5)).any())
+        assert changed, "the flip-averaged masks equal the plain ones: the comparison would be vacuous"
+    finally:
+        srv.close()
+
+
 def _logged(root: Path, ids: set[str], timeout: float = 20) -> dict[str, dict]:
     """The prediction-log records of IDS, once the server's batches have reached ROOT."""
     from cmunext.monitoring import records

@@ -37,6 +37,7 @@ from onnx import numpy_helper
 from cmunext_serving.runtime import EXPORT_JSON, session_options, sha256_file, sigmoid
 
 from ..engine.weights import load_weights
+from ..models.tta import served_network
 
 log = logging.getLogger(__name__)
 
@@ -324,14 +325,17 @@ def _choose(candidates: dict, tolerance: float) -> str:
 
 
 def export_serving_artifact(weights: str | Path, out_dir: str | Path, *, tolerance: float = 1e-4, batch: int = 1,
-                            runs: int = 30, threads: int = 2, report_batches: tuple[int, ...] = ()) -> dict:
+                            runs: int = 30, threads: int = 2, report_batches: tuple[int, ...] = (),
+                            tta: str = "none") -> dict:
     """Export, measure and choose; writes OUT/model.onnx and OUT/export.json and returns the latter's content
-    (plus `path`, the artifact's absolute path). `report_batches` adds timings at other batch sizes."""
+    (plus `path`, the artifact's absolute path). `report_batches` adds timings at other batch sizes; TTA
+    (eval.tta) exports the network in that serving form, checked against the same form in eager PyTorch."""
     import onnxruntime as ort
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, meta = load_weights(weights)
+    network, meta = load_weights(weights)
+    model = served_network(network, tta)
     size, channels = meta["image_size"], meta["in_channels"]
     candidates, graph_bytes, folding = _measure_candidates(
         model, size, channels, batch=batch, report_batches=report_batches, runs=runs, threads=threads,
@@ -360,6 +364,7 @@ def export_serving_artifact(weights: str | Path, out_dir: str | Path, *, toleran
         "torch": torch.__version__,
         "batchnorm_folding": folding,
         "weights_sha256": sha256_file(weights),
+        "tta": tta,
     }
     (out_dir / EXPORT_JSON).write_text(json.dumps(info, indent=1))
     log.info("export: chose %s (%.1f ms at batch %d; eager %.1f ms), max |dp| %.2e", choice,

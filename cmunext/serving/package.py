@@ -134,12 +134,13 @@ def _build(ctx: Path, config: dict, home: Path) -> str:
     return tags[-1]
 
 
-def _reusable_export(folder, weights) -> dict | None:
-    """export.json of FOLDER if it was exported from exactly WEIGHTS and its artifact is intact, else None."""
+def _reusable_export(folder, weights, tta: str) -> dict | None:
+    """export.json of FOLDER if it was exported from exactly WEIGHTS in the serving form TTA and its artifact is
+    intact, else None."""
     if folder is None or not (Path(folder) / EXPORT_JSON).exists():
         return None
     info = json.loads((Path(folder) / EXPORT_JSON).read_text())
-    if info.get("weights_sha256") != sha256_file(weights):
+    if info.get("weights_sha256") != sha256_file(weights) or info.get("tta", "none") != tta:
         return None
     verify_artifact(folder)  # raises if the artifact was changed since it was measured
     return info
@@ -178,13 +179,13 @@ def export_archive(bento_tag: str, export_to: str | None = None) -> str:
 
 
 def _artifact_in(folder: Path, weights: str | Path, exported: str | Path | None, tolerance: float,
-                 runs: int) -> dict:
+                 runs: int, tta: str) -> dict:
     """The serving artifact in FOLDER: EXPORTED copied as it is when it was exported from these same WEIGHTS (so
     the bento serves the artifact whose latency the gate judged), else a fresh export. Returns its export.json."""
-    info = _reusable_export(exported, weights)
+    info = _reusable_export(exported, weights, tta)
     if info is None:
         from .export import export_serving_artifact  # torch and onnx: only when there is something to export
-        info = export_serving_artifact(weights, folder, tolerance=tolerance, runs=runs)
+        info = export_serving_artifact(weights, folder, tolerance=tolerance, runs=runs, tta=tta)
     else:
         shutil.copytree(exported, folder)
     return info
@@ -197,7 +198,7 @@ def _model_metadata(info: dict, record: dict, artifact_labels: dict, metrics: di
         "in_channels": info["in_channels"], "num_classes": info["num_classes"], "variant": info["variant"],
         "weights_sha256": info["weights_sha256"], "max_abs_diff": info["max_abs_diff"],
         "session": info["session"], "candidates_ms": {k: v["ms"] for k, v in info["candidates"].items()},
-        "serving": record, "precision_choice": info.get("precision_choice"),
+        "serving": record, "precision_choice": info.get("precision_choice"), "tta": info.get("tta", "none"),
     })
 
 
@@ -234,13 +235,15 @@ def _bentofile(*, model_name: str, model_version: str | int, info: dict, record:
 
 def package_model(weights: str | Path, *, model_name: str, model_version: str | int, run_id: str,
                   data_revision: str, metrics: dict, export_to: str | None = None, tolerance: float = 1e-4,
-                  runs: int = 30, exported: str | Path | None = None, rule: LesionRule = LesionRule()) -> dict:
+                  runs: int = 30, exported: str | Path | None = None, rule: LesionRule = LesionRule(),
+                  tta: str = "none") -> dict:
     """Export WEIGHTS, store the artifact as a BentoML model, build a bento and export it as a .bento archive
     (to <state>/bentos/, or to EXPORT_TO: a folder, a file path or an s3:// URL).
 
     EXPORTED, an artifact folder that export_serving_artifact already wrote for these same weights (the
     evaluate step's, whose latency the gate judged), is packaged as it is instead of exporting again. RULE (the
-    evaluation's threshold and lesion-free rule) is the one the service turns probabilities into masks with.
+    evaluation's threshold and lesion-free rule) is the one the service turns probabilities into masks with; TTA
+    (eval.tta) the serving form the artifact is exported in.
 
     Returns {"bento_tag", "model_tag", "archive", "format", "sha256", ...}.
     """
@@ -250,7 +253,7 @@ def package_model(weights: str | Path, *, model_name: str, model_version: str | 
               "data_revision": str(data_revision)}
     with tempfile.TemporaryDirectory(prefix="cmunext-package-", dir=home / "tmp") as tmp:
         tmp = Path(tmp)
-        info = _artifact_in(tmp / "artifact", weights, exported, tolerance, runs)
+        info = _artifact_in(tmp / "artifact", weights, exported, tolerance, runs, tta)
         record = serving_record(info)
         fallback = record.get("fallback") or {}
         runtimes = tuple(r for r in (record["runtime"], fallback.get("runtime")) if r)

@@ -36,8 +36,9 @@ def _trained_on(run_id: str, dest: Path) -> set[str] | None:
 
 
 def _score(cfg: RunConfig, weights: Path, data_dir: Path, stems: list[str], workdir: Path, rule: LesionRule,
-           observed: list[dict] | None = None) -> tuple[list, dict, object]:
-    """Per-image rows (masks by RULE, as served), the latency of the fp32 serving artifact, and the predictor; with
+           observed: list[dict] | None = None, tta: str | None = None) -> tuple[list, dict, object]:
+    """Per-image rows (masks by RULE, as served), the latency of the fp32 serving artifact in the serving form TTA
+    (default: eval.tta), and the predictor; with
     OBSERVED, the prediction features of each answer are kept there too (the drift reference,
     cmunext/monitoring/reference.py)."""
     from ..evaluation import latency_ms, score_images
@@ -45,12 +46,13 @@ def _score(cfg: RunConfig, weights: Path, data_dir: Path, stems: list[str], work
     from ..predict import Predictor
     from ..serving_artifact import serving_runner
 
-    predictor = Predictor(weights, cfg.eval.threshold)
+    tta = cfg.eval.tta if tta is None else tta
+    predictor = Predictor(weights, cfg.eval.threshold, tta=tta)
     probabilities = predictor.probabilities
     if observed is not None:
         probabilities = observing(probabilities, cfg.eval.threshold, observed)
     rows = score_images(probabilities, data_dir, stems, rule, progress=False)
-    run, artifact = serving_runner(weights, workdir)
+    run, artifact = serving_runner(weights, workdir, tta)
     lat = latency_ms(run, cfg.eval.latency_runs, cfg.eval.latency_warmup)
     lat["artifact"] = artifact
     return rows, lat, predictor
@@ -66,7 +68,8 @@ def _choose_lesion_rule(cfg: RunConfig, weights: Path, data_dir: Path, split: di
         return {**off, "reason": "eval.lesion_rule: off"}
     if not split.get("val"):
         return {**off, "reason": "no validation split to choose on: rule off (threshold only)"}
-    seen = validation_evidence(Predictor(weights).probabilities, data_dir, split["val"], cfg.eval.threshold)
+    served = Predictor(weights, tta=cfg.eval.tta).probabilities
+    seen = validation_evidence(served, data_dir, split["val"], cfg.eval.threshold)
     return choose_rule(seen, cfg.eval.threshold, cfg.eval.lesion_rule_max_sensitivity_drop)
 
 
@@ -200,7 +203,8 @@ def _compare_with_champion(cfg: RunConfig, rows: list[dict], data_dir: Path, ste
         raise StepFailed(f"champion v{champ['version']} trained on every image of this test split; freeze the "
                          "split with `cmunext data split DIR` so the test images stay test")
     champ_rule = LesionRule.from_dict(json.loads(champ["tags"].get("lesion_rule", "null")), cfg.eval.threshold)
-    c_rows, c_lat, _ = _score(cfg, champ_weights, data_dir, fair, out_dir / "champion_artifact", champ_rule)
+    c_rows, c_lat, _ = _score(cfg, champ_weights, data_dir, fair, out_dir / "champion_artifact", champ_rule,
+                              tta=champ["tags"].get("tta", "none"))
     c_lat["fp32_p95_ms"] = c_lat["p95_ms"]
     fair_set = set(fair)
     mine = [r for r in rows if r["stem"] in fair_set]

@@ -33,7 +33,8 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
     form = f"{record['runtime']}/{record['precision']}"
     rule = ev.rule(cfg.eval.threshold)
     if (tags.get("bento_uri") and tags.get("artifact_sha256") == artifact["sha256"]
-            and tags.get("serving_form") == form and tags.get("lesion_rule") == json.dumps(rule.as_dict())):  # a re-run of this version with the same artifact and form:
+            and tags.get("serving_form") == form and tags.get("lesion_rule") == json.dumps(rule.as_dict())
+            and tags.get("tta", "none") == cfg.eval.tta):  # a re-run of this version with the same artifact and form:
         if not (archive.exists() and sha256_file(archive) == tags["bento_sha256"]):  # the stored bento is it
             store.download(tags["bento_uri"], tags["bento_sha256"], archive)
         return PackageResult.model_validate({
@@ -45,14 +46,14 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
     metrics["latency_p95_ms"] = ev.latency.p95_ms
     built = package_model(weights, model_name=name, model_version=str(version), run_id=run_id,
                           data_revision=data_revision, metrics=metrics, exported=exported, export_to=str(archive),
-                          rule=rule)
+                          rule=rule, tta=cfg.eval.tta)
     uri = store.archive_uri(store.root(cfg.registry.bento_store), name, version, built["bento_tag"])
     digest = store.put(archive, uri)
     registry.tag_version(name, str(version), {"bento_tag": built["bento_tag"], "bento_uri": uri,
                                               "bento_sha256": digest, "bento_archive": str(archive),
                                               "artifact_sha256": built["sha256"],
                                               "serving_form": f"{built['runtime']}/{built['precision']}",
-                                              "lesion_rule": json.dumps(rule.as_dict())})
+                                              "lesion_rule": json.dumps(rule.as_dict()), "tta": cfg.eval.tta})
     result = PackageResult.model_validate({**built, "archive": str(archive), "bento_uri": uri, "bento_sha256": digest})
     (out_dir / "bento.json").write_text(result.model_dump_json(indent=1))
     return result
