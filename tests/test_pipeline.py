@@ -627,6 +627,9 @@ def test_corrections_come_back_and_retraining_follows(env, tmp_path):
     for args in (["init", "-q", "-b", "main"], ["config", "user.name", "T"], ["config", "user.email", "t@example.com"]):
         subprocess.run(["git", *args], cwd=project, check=True)
     write_synthetic_dataset(project / "data", 24, seed=7, progress=False)
+    # frozen, as docs/data.md asks: the corrections join the split by its rule and the champion's test images stay
+    # test (re-splitting all 27 images by their random stems could leave no image the champion never saw)
+    assert cmunext(env, "data", "split", str(project / "data")).returncode == 0
     sets = ["--set", f"data.source={project / 'data'}", "--set", f"registry.model_name={model}"]
     proc = cmunext(env, "pipeline", "run", "--config", CI_TINY, *sets)
     assert proc.returncode == 0 and "PROMOTED" in proc.stdout, proc.stderr[-3000:]

@@ -371,7 +371,8 @@ def test_the_served_form_applies_the_models_lesion_rule(packaged, served_weights
     rule = _splitting_rule([evidence(prob) for prob in local.values()])
     built = package_model(served_weights, model_name="cmunext-test", model_version=5, run_id="run-rule",
                           data_revision="rev-123", metrics={"iou": 0.5}, runs=5, rule=rule)
-    srv = Server(built["bento_tag"], tmp_path / "serve-rule.log")
+    srv = Server(built["bento_tag"], tmp_path / "serve-rule.log",  # a home of its own: see _own_home
+                 env={"BENTOML_HOME": _own_home(packaged["home"] / "bentoml", tmp_path / "home")})
     try:
         emptied = 0
         for name, data in images.items():
@@ -397,7 +398,8 @@ def test_a_flip_averaged_form_serves_the_masks_it_is_scored_with(packaged, serve
     built = package_model(served_weights, model_name="cmunext-test", model_version=6, run_id="run-tta",
                           data_revision="rev-123", metrics={"iou": 0.5}, runs=5, tta="hflip")
     flipped, plain = Predictor(served_weights, tta="hflip"), Predictor(served_weights)
-    srv = Server(built["bento_tag"], tmp_path / "serve-tta.log")
+    srv = Server(built["bento_tag"], tmp_path / "serve-tta.log",
+                 env={"BENTOML_HOME": _own_home(packaged["home"] / "bentoml", tmp_path / "home")})
     try:
         changed = 0
         for name, data in images.items():
