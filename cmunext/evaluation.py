@@ -21,15 +21,20 @@ from .metrics import ImageMetrics, aggregate, image_metrics, paired_difference
 def score_images(probabilities: Callable[[np.ndarray], np.ndarray], root: str | Path, stems: list[str],
                  rule: LesionRule | float = 0.5, progress: bool = True) -> list[dict]:
     """Per-image metrics; `probabilities(image)` returns a map at the image's own size, which RULE (or a plain
-    threshold) turns into the mask, as the served form does."""
+    threshold) turns into the mask, as the served form does. An image whose mask the rule emptied also keeps its
+    metrics without the rule (`without_rule`), so the rule's effect is known without scoring again."""
     root = Path(root)
     rule = rule if isinstance(rule, LesionRule) else LesionRule(float(rule))
     rows = []
     for stem in tqdm(stems, desc="scoring", unit="img", disable=not progress):
         image = read_image(find_file(root / "images", stem))
         gt = read_mask(find_file(root / "masks", stem))
-        m = image_metrics(rule.mask(probabilities(image)), gt)
-        rows.append({"stem": stem, **m.as_dict()})
+        prob = probabilities(image)
+        mask = rule.mask(prob)
+        row = {"stem": stem, **image_metrics(mask, gt).as_dict()}
+        if rule.active and not mask.any() and (plain := prob > rule.threshold).any():
+            row["without_rule"] = image_metrics(plain, gt).as_dict()
+        rows.append(row)
     return rows
 
 

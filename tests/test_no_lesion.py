@@ -81,8 +81,11 @@ def test_a_choice_on_a_two_to_one_synthetic_set_is_what_the_scorer_sees(tmp_path
     seen = validation_evidence(predictor.probabilities, data, stems[24:], 0.5)
     choice = choose_rule(seen, 0.5)
     assert choice["normal_images"] >= 4 and choice["lesion_images"] >= 1
-    b = breakdown(score_images(predictor.probabilities, data, stems[24:], LesionRule.from_dict(choice["rule"]),
-                               progress=False), n_boot=100)
+    rows = score_images(predictor.probabilities, data, stems[24:], LesionRule.from_dict(choice["rule"]), progress=False)
+    b = breakdown(rows, n_boot=100)
+    plain = score_images(predictor.probabilities, data, stems[24:], 0.5, progress=False)
+    unruled = [{k: v for k, v in {**r, **r.get("without_rule", {})}.items() if k != "without_rule"} for r in rows]
+    assert unruled == plain  # what the scoring pass kept of the emptied masks is the rule-free score
     assert b["detection"]["specificity"]["value"] == pytest.approx(choice["with"]["specificity"])
     assert b["detection"]["sensitivity"]["value"] == pytest.approx(choice["with"]["sensitivity"])
     assert choice["with"]["sensitivity"] == choice["without"]["sensitivity"]

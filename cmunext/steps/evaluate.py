@@ -73,14 +73,14 @@ def _choose_lesion_rule(cfg: RunConfig, weights: Path, data_dir: Path, split: di
     return choose_rule(seen, cfg.eval.threshold, cfg.eval.lesion_rule_max_sensitivity_drop)
 
 
-def _rule_effect(cfg: RunConfig, predictor, data_dir: Path, rows: list[dict], classes: dict) -> dict:
-    """What the rule changed on the test split: the breakdown without it, and paired differences (with - without)
-    of lesion-image IoU, of lesion images found and of normal images called empty. Reported, never used to choose."""
-    from ..evaluation import breakdown, score_images
+def _rule_effect(cfg: RunConfig, rows: list[dict], classes: dict) -> dict:
+    """What the rule changed on the test split (from the rows' `without_rule`, kept by the scoring pass): the
+    breakdown without it, and paired differences (with - without) of lesion-image IoU, of lesion images found and
+    of normal images called empty. Reported, never used to choose."""
+    from ..evaluation import breakdown
     from ..metrics import paired_difference
 
-    off = score_images(predictor.probabilities, data_dir, [r["stem"] for r in rows], cfg.eval.threshold,
-                       progress=False)
+    off = [{**r, **r.get("without_rule", {})} for r in rows]
 
     def paired(kind: str, value) -> dict | None:
         pairs = [(value(r), value(o)) for r, o in zip(rows, off) if (r["tp"] + r["fn"] > 0) == (kind == "lesion")]
@@ -172,7 +172,7 @@ def _score_candidate(cfg: RunConfig, weights: Path, data_dir: Path, preprocessed
     rule = LesionRule.from_dict(lesion_rule["rule"])
     rows, lat, predictor = _score(cfg, weights, data_dir, stems, artifact, rule, observed)
     if rule.active:
-        lesion_rule["test"] = _rule_effect(cfg, predictor, data_dir, rows, classes)
+        lesion_rule["test"] = _rule_effect(cfg, rows, classes)
     precision = _choose_precision(cfg, artifact, data_dir, preprocessed_dir, stems)
     if precision["chosen"] != "onnxruntime/fp32":  # the gate judges the form that ships; fp32 stays for the
         lat = {**_artifact_latency(cfg, artifact), "fp32_p95_ms": lat["p95_ms"]}  # like-for-like champion ratio
