@@ -63,7 +63,7 @@ def run_row(base: str | Path, overrides: list[str], work: Path, data: str | None
     """Train one row's config from scratch, as the pipeline's data and train steps would, and score it on the
     test split. TRAINED_BEFORE (the previous row's figures) is reused when this row changes only eval.* keys."""
     from .data.duplicates import read_classes
-    from .engine.trainer import train
+    from .engine.launch import train_any
 
     cfg = load_config(base, [*overrides, *([f"data.source={data}"] if data else [])])
     snapshot, shards, split = _prepared(cfg, work)
@@ -72,7 +72,7 @@ def run_row(base: str | Path, overrides: list[str], work: Path, data: str | None
         kept = {k: trained_before[k] for k in ("val_iou", "best_epoch", "train_minutes")}
     else:
         t0 = time.perf_counter()
-        trained = train(cfg, shards, work / "train", progress=False)
+        trained = train_any(cfg, shards, work / "train", resume=False)
         weights = trained.weights
         kept = {"val_iou": trained.best_val_iou, "best_epoch": trained.best_epoch,
                 "train_minutes": (time.perf_counter() - t0) / 60}
@@ -108,9 +108,12 @@ def run_ladder(base: str | Path, rows: list[Row], out: Path, data: str | None = 
 
 
 def published(results: list[dict]) -> list[dict]:
-    """RESULTS without the per-image rows and the (temporary) weights paths."""
-    return [{**r, "measured": {k: v for k, v in r["measured"].items() if k not in ("per_image", "weights")}}
-            for r in results]
+    """RESULTS without the (temporary) weights paths, each image's row cut to its stem and IoU: enough for a later
+    row to be compared with this one, pair by pair."""
+    def slim(m: dict) -> dict:
+        out = {k: v for k, v in m.items() if k not in ("per_image", "weights")}
+        return {**out, "per_image": [{"stem": p["stem"], "iou": p["iou"]} for p in m.get("per_image", [])]}
+    return [{**r, "measured": slim(r["measured"])} for r in results]
 
 
 def _ci(est: dict) -> str:

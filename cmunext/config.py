@@ -40,6 +40,7 @@ class DataConfig(_Section):
     synth_n: int = Field(120, ge=4)
     synth_seed: int = 0
     synth_normal_fraction: float = Field(0.0, ge=0, lt=1)  # the share of generated scans with no lesion
+    synth_style: Literal["linear", "convex"] = "linear"  # how scans are made (cmunext/data/synth.py)
     # DVC revision of data.dvc to read ("workspace" = the files as they are on disk).
     revision: str = "workspace"
     image_size: int = Field(256, ge=16, multiple_of=16)
@@ -89,6 +90,11 @@ class TrainConfig(_Section):
     schedule: Literal["poly", "cosine"] = "poly"
     warmup_epochs: int = Field(0, ge=0)
     ema_decay: float = Field(0.0, ge=0, lt=1)  # 0: no moving average of the weights
+    # An ensemble of fold models, served as one network (cmunext/engine/ensemble.py): the train split is cut into
+    # `folds` grouped folds, member i trains on the others and picks its best epoch on fold i, and the first
+    # `ensemble` members' logits are averaged. 1: one model on the whole train split, its epoch chosen on validation.
+    ensemble: int = Field(1, ge=1)
+    folds: int = Field(0, ge=0)
     seed: int = 41
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # mixed precision, used on CUDA only
@@ -105,6 +111,15 @@ class TrainConfig(_Section):
     accelerator_count: int = Field(0, ge=0)
     cpu_request: str = "2"
     memory_request: str = "8Gi"
+
+    @model_validator(mode="after")
+    def _members_need_folds(self) -> "TrainConfig":
+        if self.folds == 1:
+            raise ValueError("train.folds: 0 (no folds) or at least 2")
+        if self.ensemble > 1 and self.folds < self.ensemble:
+            raise ValueError(f"train.ensemble: {self.ensemble} fold models asked for, but train.folds={self.folds} "
+                             f"trains at most {self.folds}; set train.folds to at least {self.ensemble}")
+        return self
 
 
 class EvalConfig(_Section):
@@ -130,6 +145,9 @@ class EvalConfig(_Section):
     # keeps the plain threshold. A chosen rule finds as many validation lesion images as none, less this share.
     lesion_rule: Literal["validation", "off"] = "validation"
     lesion_rule_max_sensitivity_drop: float = Field(0.0, ge=0, le=1)
+    # "validation": a lesion image's mask is cut to its largest region when that raises the validation IoU (the
+    # choice is part of the rule above: recorded with the model, applied alike in evaluation and serving); "off": never
+    largest_region: Literal["validation", "off"] = "off"
 
     @model_validator(mode="after")
     def _folds(self) -> "EvalConfig":

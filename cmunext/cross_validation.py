@@ -56,7 +56,7 @@ def cross_validate(cfg: RunConfig, data_dir: str | Path, split: dict, k: int, wo
     """Train and score K models on the pool outside SPLIT's test images; returns per-fold and mean figures."""
     from .data.preprocess import preprocess
     from .data.split import fingerprints, group_stems
-    from .engine.trainer import train
+    from .engine.launch import train_any
     from .evaluation import score_images, summarize
     from .predict import Predictor
 
@@ -72,8 +72,8 @@ def cross_validate(cfg: RunConfig, data_dir: str | Path, split: dict, k: int, wo
         preprocess(data_dir, {"train": rest, "val": held}, fold_dir / "data", cfg.data.image_size,
                    cfg.model.in_channels, progress=False)
         log.info("cross-validation fold %d/%d: training on %d images, scoring %d", i + 1, k, len(rest), len(held))
-        trained = train(cfg, fold_dir / "data", fold_dir / "run", progress=False)
-        rows = score_images(Predictor(trained.weights, cfg.eval.threshold).probabilities, data_dir, held,
+        trained = train_any(cfg, fold_dir / "data", fold_dir / "run", resume=False)  # an ensemble recipe: one per fold
+        rows = score_images(Predictor(trained.weights, cfg.eval.threshold, tta=cfg.eval.tta).probabilities, data_dir, held,
                             cfg.eval.threshold, progress=False)
         m = summarize(rows, cfg.eval.bootstrap)
         results.append({"fold": i + 1, "images": len(held), "iou": m["iou"]["value"], "dice": m["dice"]["value"],

@@ -21,8 +21,8 @@ from .metrics import ImageMetrics, aggregate, image_metrics, paired_difference
 def score_images(probabilities: Callable[[np.ndarray], np.ndarray], root: str | Path, stems: list[str],
                  rule: LesionRule | float = 0.5, progress: bool = True) -> list[dict]:
     """Per-image metrics; `probabilities(image)` returns a map at the image's own size, which RULE (or a plain
-    threshold) turns into the mask, as the served form does. An image whose mask the rule emptied also keeps its
-    metrics without the rule (`without_rule`), so the rule's effect is known without scoring again."""
+    threshold) turns into the mask, as the served form does. An image whose mask the rule emptied or cut also keeps
+    its metrics without the rule (`without_rule`), so the rule's effect is known without scoring again."""
     root = Path(root)
     rule = rule if isinstance(rule, LesionRule) else LesionRule(float(rule))
     rows = []
@@ -32,7 +32,7 @@ def score_images(probabilities: Callable[[np.ndarray], np.ndarray], root: str | 
         prob = probabilities(image)
         mask = rule.mask(prob)
         row = {"stem": stem, **image_metrics(mask, gt).as_dict()}
-        if rule.active and not mask.any() and (plain := prob > rule.threshold).any():
+        if rule.changes_masks and ((plain := prob > rule.threshold) != mask).any():
             row["without_rule"] = image_metrics(plain, gt).as_dict()
         rows.append(row)
     return rows

@@ -23,7 +23,8 @@ def resolve_source(cfg: RunConfig, progress: bool = True) -> Path:
     folder."""
     if cfg.data.source == "synth":
         normal = f"-normal{cfg.data.synth_normal_fraction:g}" if cfg.data.synth_normal_fraction else ""
-        folder = state_path("datasets", f"synth-n{cfg.data.synth_n}-s{cfg.data.synth_seed}{normal}")
+        style = "" if cfg.data.synth_style == "linear" else f"-{cfg.data.synth_style}"
+        folder = state_path("datasets", f"synth-n{cfg.data.synth_n}-s{cfg.data.synth_seed}{normal}{style}")
         done = folder.with_name(folder.name + ".complete")  # beside, not inside: it is not data
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)
@@ -31,7 +32,7 @@ def resolve_source(cfg: RunConfig, progress: bool = True) -> Path:
                 write_synthetic_dataset,  # scipy: only when synthesizing
             )
             write_synthetic_dataset(folder, cfg.data.synth_n, cfg.data.synth_seed, cfg.data.synth_normal_fraction,
-                                    progress=progress)
+                                    progress=progress, style=cfg.data.synth_style)
             done.touch()
         return folder
     folder = Path(cfg.data.source).expanduser()

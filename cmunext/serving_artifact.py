@@ -19,5 +19,10 @@ def serving_runner(weights: str | Path, workdir: str | Path, tta: str = "none"):
     info = export_serving_artifact(weights, workdir, tta=tta)
     model = ServedModel(workdir)
     x = np.zeros((1, model.channels, model.size, model.size), np.float32)
-    form = f"onnxruntime/fp32:{info['format']}" + (f"+tta:{tta}" if tta != "none" else "")
-    return (lambda: model.probabilities(x)), form
+    return (lambda: model.probabilities(x)), f"onnxruntime/fp32:{info['format']}{form_suffix(info)}"
+
+
+def form_suffix(info: dict) -> str:
+    """What an export (its export.json INFO) runs around one network: '+ensemble:N', '+tta:FORM', or nothing."""
+    members, tta = info.get("members", 1), info.get("tta", "none")
+    return (f"+ensemble:{members}" if members > 1 else "") + (f"+tta:{tta}" if tta != "none" else "")

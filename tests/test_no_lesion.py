@@ -35,6 +35,32 @@ def test_an_inactive_rule_is_the_plain_threshold():
     assert LesionRule.from_dict(LesionRule(0.5, 0.9, 0.002).as_dict()) == LesionRule(0.5, 0.9, 0.002)
 
 
+def test_a_lesion_mask_can_be_cut_to_its_largest_region():
+    two = _map(0.95, 5)
+    two[60:75, 60:75] = 0.9
+    cut = LesionRule(0.5, largest_only=True)
+    assert cut.mask(two).sum() == 225 and cut.mask(two)[60:75, 60:75].all()
+    assert cut.changes_masks and not cut.active  # it never decides whether an image shows a lesion
+    assert not cut.mask(np.full((20, 20), 0.1, np.float32)).any()
+    assert LesionRule.from_dict(cut.as_dict()) == cut
+    assert not LesionRule.from_dict(LesionRule(0.5, 0.9, 0.002).as_dict()).largest_only  # older records: whole
+
+
+def test_the_largest_region_is_kept_only_when_validation_says_so():
+    def seen(iou_whole: float, iou_cut: float) -> list[dict]:
+        return [{"stem": "a", "lesion": True, "peak": 0.99, "largest": 0.05, "iou": iou_whole, "iou_largest": iou_cut},
+                {"stem": "b", "lesion": True, "peak": 0.98, "largest": 0.04, "iou": 0.7, "iou_largest": 0.7}]
+    better = choose_rule(seen(0.5, 0.8), 0.5, largest_region="validation")
+    assert LesionRule.from_dict(better["rule"]).largest_only
+    assert better["largest_region"] == {"val_iou_whole": pytest.approx(0.6), "val_iou_largest_only": pytest.approx(0.75),
+                                        "kept": True}
+    worse = choose_rule(seen(0.8, 0.5), 0.5, largest_region="validation")
+    assert not LesionRule.from_dict(worse["rule"]).largest_only and not worse["largest_region"]["kept"]
+    assert "largest_region" not in choose_rule(seen(0.5, 0.8), 0.5)  # eval.largest_region: off
+    alone = choose_rule(seen(0.5, 0.8), 0.5, largest_region="validation", image_level=False)
+    assert LesionRule.from_dict(alone["rule"]) == LesionRule(0.5, largest_only=True)
+
+
 def _seen(lesions: list[tuple[float, float]], normals: list[tuple[float, float]]) -> list[dict]:
     return ([{"stem": f"l{i}", "lesion": True, "peak": p, "largest": a} for i, (p, a) in enumerate(lesions)]
             + [{"stem": f"n{i}", "lesion": False, "peak": p, "largest": a} for i, (p, a) in enumerate(normals)])

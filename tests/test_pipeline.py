@@ -594,6 +594,26 @@ def test_cross_validation_beside_the_test_figure(env, tmp_path):
     assert metrics["cv_iou"] == pytest.approx(cv["iou"]["value"]) and metrics["cv_folds"] == 2
 
 
+def test_a_fold_ensemble_with_flip_tta_ships_as_the_form_it_was_scored_in(env, tmp_path):
+    """train.ensemble=2 + eval.tta=hflip through the pipeline: one run holds both members' epochs, and the bento
+    infra-validation boots serves exactly the canary masks of the evaluated ensemble form before promotion."""
+    model = "cmunext-ensemble"
+    proc, summary = run(env, tmp_path, "train.ensemble=2", "train.folds=2", "eval.tta=hflip",
+                        f"registry.model_name={model}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shown = cmunext(env, "registry", "show", "--model-name", model, "--json")
+    champ = json.loads(shown.stdout)["champion"]
+    assert summary["promoted"] and champ["tags"]["ensemble"] == "2" and champ["tags"]["tta"] == "hflip"
+    assert champ["tags"]["infra_validation"] == "passed"
+    reason = json.loads(shown.stdout)["history"][0]["reason"]
+    assert "canary masks as evaluated in" in reason, reason
+    import mlflow
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    history = mlflow.MlflowClient().get_metric_history(champ["run_id"], "val_iou")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]  # member 1's two epochs, then member 2's
+    assert "+ensemble:2+tta:hflip)" in proc.stdout  # the latency the gate judged is the whole form's
+
+
 def _corrections(url: str, n: int, seed: int) -> None:
     """N synthetic scans served with capture on, each sent back with its true mask as the correction."""
     import time

@@ -116,3 +116,51 @@ def test_an_unknown_serving_form_fails_at_configure_naming_the_key():
 
     with pytest.raises(ConfigError, match="eval.tta"):
         load_config(CI_TINY, ["eval.tta=vflip"])
+
+
+def test_an_ensemble_larger_than_the_folds_trained_fails_at_configure_naming_the_key():
+    from cmunext.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.ensemble"):
+        load_config(CI_TINY, ["train.ensemble=3", "train.folds=2"])
+    with pytest.raises(ConfigError, match="train.folds"):
+        load_config(CI_TINY, ["train.folds=1"])
+
+
+def test_fold_models_train_as_one_ensemble_whose_members_never_see_validation(tmp_path, synth_dataset):
+    """Each member picks its epoch on its own fold of the train split; the file holds both and runs as their mean."""
+    import torch
+
+    from cmunext.data.layout import list_pairs
+    from cmunext.data.preprocess import preprocess
+    from cmunext.engine.ensemble import fold_shards, member_folds
+    from cmunext.engine.launch import train_any
+    from cmunext.engine.weights import load_weights
+    from cmunext.models.ensemble import LogitAveraged
+
+    stems = list_pairs(synth_dataset)
+    preprocess(synth_dataset, {"train": stems[:18], "val": stems[18:22], "test": stems[22:]}, tmp_path / "pre", 64,
+               progress=False)
+    parts = member_folds(tmp_path / "pre", 3, 41)
+    assert sorted(i for f in parts for i in f) == list(range(18)) and all(parts)
+    view = json.loads((fold_shards(tmp_path / "pre", parts[0], tmp_path / "f") / "manifest.json").read_text())
+    assert set(view["splits"]["val"]["stems"]) == {stems[i] for i in parts[0]}
+    assert set(view["splits"]["train"]["stems"]) == set(stems[:18]) - {stems[i] for i in parts[0]}
+
+    seen: list[tuple[int, dict]] = []
+
+    class Seen:
+        def on_epoch_end(self, epoch, metrics):
+            seen.append((epoch, metrics))
+
+    cfg = load_config(CI_TINY, ["train.ensemble=2", "train.folds=3"])
+    result = train_any(cfg, tmp_path / "pre", tmp_path / "run", callbacks=[Seen()])
+    model, meta = load_weights(result.weights)
+    assert isinstance(model, LogitAveraged) and meta["members"] == 2 and len(meta["extra"]["members"]) == 2
+    assert [e for e, _ in seen] == [1, 2, 3, 4] and [m["member"] for _, m in seen] == [1, 1, 2, 2]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert 0 <= result.best_val_iou <= 1
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        mean = torch.stack([m(x) for m in model.members]).mean(0)
+        assert torch.equal(model(x), mean)

@@ -362,13 +362,16 @@ def _splitting_rule(evidences: list[tuple[float, float]]):
 
 
 def test_the_served_form_applies_the_models_lesion_rule(packaged, served_weights, images, tmp_path):
-    """A model packaged with an active lesion-free rule (as the evaluate step records it): every served mask is the
-    rule's mask of the in-process probabilities, some emptied by it and some kept, and /segment_json names it."""
+    """A model packaged with an active lesion-free rule that also cuts masks to their largest region (as the evaluate
+    step records it): every served mask is the rule's mask of the in-process probabilities, some emptied by it and
+    some kept, and /segment_json names it."""
+    import dataclasses
+
     from cmunext.serving.package import package_model
     from cmunext_serving.lesion_rule import evidence
 
     local = {name: predictor_mask(served_weights, data, tmp_path, name)[1] for name, data in images.items()}
-    rule = _splitting_rule([evidence(prob) for prob in local.values()])
+    rule = dataclasses.replace(_splitting_rule([evidence(prob) for prob in local.values()]), largest_only=True)
     built = package_model(served_weights, model_name="cmunext-test", model_version=5, run_id="run-rule",
                           data_revision="rev-123", metrics={"iou": 0.5}, runs=5, rule=rule)
     srv = Server(built["bento_tag"], tmp_path / "serve-rule.log",  # a home of its own: see _own_home
@@ -393,12 +396,20 @@ def test_a_flip_averaged_form_serves_the_masks_it_is_scored_with(packaged, serve
     averaged), which differ from the plain network's on these images."""
     from cmunext.predict import Predictor
     from cmunext.serving.package import package_model
-    from cmunext_serving.imageio import read_image
 
     built = package_model(served_weights, model_name="cmunext-test", model_version=6, run_id="run-tta",
                           data_revision="rev-123", metrics={"iou": 0.5}, runs=5, tta="hflip")
     flipped, plain = Predictor(served_weights, tta="hflip"), Predictor(served_weights)
-    srv = Server(built["bento_tag"], tmp_path / "serve-tta.log",
+    changed = _serves_as_evaluated(built, packaged, images, flipped, plain, tmp_path)
+    assert changed, "the flip-averaged masks equal the plain ones: the comparison would be vacuous"
+
+
+def _serves_as_evaluated(built: dict, packaged: dict, images: dict, evaluated, other, tmp_path: Path) -> int:
+    """Serve BUILT on a BentoML home of its own and check every image's mask against EVALUATED's (the eager form
+    that was scored); returns on how many images OTHER (a different form) would have answered differently."""
+    from cmunext_serving.imageio import read_image
+
+    srv = Server(built["bento_tag"], tmp_path / "serve.log",
                  env={"BENTOML_HOME": _own_home(packaged["home"] / "bentoml", tmp_path / "home")})
     try:
         changed = 0
@@ -407,12 +418,38 @@ def test_a_flip_averaged_form_serves_the_masks_it_is_scored_with(packaged, serve
             image = read_image(tmp_path / name)
             r = srv.post("/segment", data, name=name, ctype="image/jpeg" if name.endswith(".jpg") else "image/png")
             assert r.status_code == 200, (name, r.text[:300])
-            prob = flipped.probabilities(image)
+            prob = evaluated.probabilities(image)
             assert_same_mask(np.asarray(Image.open(io.BytesIO(r.content))) == 255, prob, prob > 0.5)
-            changed += int(((prob > 0.5) != (plain.probabilities(image) > 0.5)).any())
-        assert changed, "the flip-averaged masks equal the plain ones: the comparison would be vacuous"
+            changed += int(((prob > 0.5) != (other.probabilities(image) > 0.5)).any())
+        return changed
     finally:
         srv.close()
+
+
+def test_a_two_model_ensemble_with_flip_tta_serves_the_masks_it_is_scored_with(packaged, served_weights, images,
+                                                                                  tmp_path):
+    """train.ensemble=2 with eval.tta=hflip: two networks' logits averaged, each on the image and its mirror, as one
+    exported graph; the bento's masks equal that evaluated form's, which differ from either member's alone."""
+    import torch
+
+    from cmunext.engine.weights import load_weights, save_weights
+    from cmunext.models.ensemble import LogitAveraged
+    from cmunext.predict import Predictor
+    from cmunext.serving.package import package_model
+
+    first, meta = load_weights(served_weights)
+    second, _ = load_weights(served_weights)
+    with torch.no_grad():  # a second member that disagrees with the first: another fold model's weights
+        for p in second.parameters():
+            p.mul_(1 + 0.2 * torch.randn_like(p))
+    ensemble = save_weights(LogitAveraged([first, second]), tmp_path / "ensemble.safetensors", meta["variant"],
+                            meta["image_size"])
+    built = package_model(ensemble, model_name="cmunext-test", model_version=7, run_id="run-ensemble",
+                          data_revision="rev-123", metrics={"iou": 0.5}, runs=5, tta="hflip")
+    evaluated, alone = Predictor(ensemble, tta="hflip"), Predictor(served_weights, tta="hflip")
+    assert evaluated.meta["members"] == 2 and built["format"]
+    changed = _serves_as_evaluated(built, packaged, images, evaluated, alone, tmp_path)
+    assert changed, "the ensemble's masks equal one member's: the comparison would be vacuous"
 
 
 def _logged(root: Path, ids: set[str], timeout: float = 20) -> dict[str, dict]:

@@ -39,8 +39,9 @@ def lesion_rule_lines(choice: dict) -> list[str]:
     from cmunext_serving.lesion_rule import LesionRule
 
     rule = choice["rule"]
+    cut = _largest_region_lines(choice)
     if not LesionRule.from_dict(rule).active:
-        return [f"  lesion rule   : off, threshold {rule['threshold']:g} only ({choice.get('reason', '')})"]
+        return [f"  lesion rule   : off, threshold {rule['threshold']:g} only ({choice.get('reason', '')})", *cut]
     val = choice["with"]  # an active rule had both kinds of validation image to choose on
     lines = [f"  lesion rule   : empty unless peak >= {rule['min_peak']:g} and largest region >= "
              f"{rule['min_area']:.2%} of the image (validation: normals empty {val['specificity']:.0%}, "
@@ -49,7 +50,19 @@ def lesion_rule_lines(choice: dict) -> list[str]:
         d = test["breakdown_without"]["detection"]
         lines.append(f"                  without it on test: normals empty {_share(d['specificity'])}, lesions "
                      f"found {_share(d['sensitivity'])}; {test['emptied']} masks emptied by it")
-    return lines
+    return lines + cut
+
+
+def _largest_region_lines(choice: dict) -> list[str]:
+    """Whether lesion masks are cut to their largest region (chosen on validation), and its effect on test."""
+    c = choice.get("largest_region")
+    if not c:
+        return []
+    line = (f"  largest region: {'masks cut to it' if c['kept'] else 'masks kept whole'} (validation IoU "
+            f"{c['val_iou_largest_only']:.4f} cut, {c['val_iou_whole']:.4f} whole)")
+    if c["kept"] and (d := (choice.get("test") or {}).get("lesion_iou_diff")):
+        line += f"; on test, lesion IoU {d['value']:+.4f} [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}] (paired)"
+    return [line]
 
 
 def metric_lines(s: dict) -> list[str]:

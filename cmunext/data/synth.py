@@ -4,6 +4,11 @@ Each image: layered tissue with depth attenuation and multiplicative (Rayleigh)
 speckle; one hypoechoic lesion with an irregular border, of varied size and
 contrast; often a posterior acoustic shadow or enhancement below it. Deterministic
 for a given seed.
+
+Two styles, so that a recipe can be checked on data made differently from the data it was tuned on
+(data.synth_style): "linear" (a linear probe's rectangular field, fine speckle, one star-shaped lesion) and
+"convex" (a curved probe's fan with black outside it, coarser and stronger speckle, lower gain, lobulated
+lesions made of overlapping ellipses, some nearly isoechoic).
 """
 from __future__ import annotations
 
@@ -33,7 +38,33 @@ def _lesion_mask(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return r <= radius * border
 
 
-def synth_sample(rng: np.random.Generator, empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _lobulated_mask(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Two to four overlapping ellipses around one centre: a lobulated lesion."""
+    cy, cx = rng.uniform(0.35, 0.65) * h, rng.uniform(0.3, 0.7) * w
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    mask = np.zeros((h, w), bool)
+    for _ in range(int(rng.integers(2, 5))):
+        r = rng.uniform(0.04, 0.12) * min(h, w)
+        oy, ox = rng.normal(0, r * 0.6, 2)
+        a, b, t = r, r * rng.uniform(0.5, 1.0), rng.uniform(0, np.pi)
+        dy, dx = yy - cy - oy, xx - cx - ox
+        u, v = dx * np.cos(t) + dy * np.sin(t), -dx * np.sin(t) + dy * np.cos(t)
+        mask |= (u / a) ** 2 + (v / b) ** 2 <= 1
+    return mask
+
+
+def _fan(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A convex probe's field of view: an annular sector whose apex is above the image's top centre."""
+    apex = -rng.uniform(0.15, 0.4) * h
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r, angle = np.hypot(yy - apex, xx - w / 2), np.arctan2(xx - w / 2, yy - apex)
+    half = rng.uniform(0.4, 0.6)
+    return (np.abs(angle) <= half) & (r >= -apex + 0.02 * h) & (r <= h - apex - 0.03 * h)
+
+
+def synth_sample(rng: np.random.Generator, empty: bool = False, style: str = "linear") -> tuple[np.ndarray, np.ndarray]:
+    if style == "convex":
+        return _convex_sample(rng, empty)
     h, w = int(rng.integers(12, 21)) * 16, int(rng.integers(14, 25)) * 16
     depth = np.linspace(0, 1, h, dtype=np.float32)[:, None]
     tissue = 0.55 + 0.25 * np.sin(2 * np.pi * (depth * rng.uniform(1.5, 4) + rng.uniform(0, 1)))
@@ -59,15 +90,31 @@ def synth_sample(rng: np.random.Generator, empty: bool = False) -> tuple[np.ndar
     return np.clip(image, 0, 255).astype(np.uint8), mask.astype(np.uint8) * 255
 
 
+def _convex_sample(rng: np.random.Generator, empty: bool) -> tuple[np.ndarray, np.ndarray]:
+    h, w = int(rng.integers(14, 23)) * 16, int(rng.integers(16, 27)) * 16
+    depth = np.linspace(0, 1, h, dtype=np.float32)[:, None]
+    tissue = 0.5 + 0.2 * ndimage.gaussian_filter(rng.normal(size=(h, w)).astype(np.float32), 12) * 8
+    tissue *= np.exp(-rng.uniform(1.0, 2.0) * depth)
+    fan = _fan(h, w, rng)
+    mask = np.zeros((h, w), bool) if empty else _lobulated_mask(h, w, rng) & fan
+    if mask.any():
+        contrast = rng.uniform(0.2, 0.85)  # up to nearly isoechoic
+        tissue *= 1 - (1 - contrast) * ndimage.gaussian_filter(mask.astype(np.float32), rng.uniform(1, 3))
+    speckle = ndimage.gaussian_filter(rng.rayleigh(scale=1.0, size=(h, w)).astype(np.float32), 1.4)
+    image = ndimage.gaussian_filter(tissue * speckle ** 1.5, 0.8) * fan
+    image = image / np.percentile(image[fan], 99.5) * rng.uniform(120, 200)
+    return np.clip(image, 0, 255).astype(np.uint8), mask.astype(np.uint8) * 255
+
+
 def write_synthetic_dataset(out: str | Path, n: int, seed: int = 0, empty_fraction: float = 0.0,
-                            progress: bool = True) -> Path:
+                            progress: bool = True, style: str = "linear") -> Path:
     """Write `n` pairs into OUT/images and OUT/masks (stems `synth_00000` ...)."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     for i in tqdm(range(n), desc="synthesising", unit="img", disable=not progress):
         rng = np.random.default_rng([seed, i])  # each sample independent of n
-        image, mask = synth_sample(rng, empty=rng.random() < empty_fraction)
+        image, mask = synth_sample(rng, empty=rng.random() < empty_fraction, style=style)
         write_png(out / "images" / f"synth_{i:05d}.png", image)
         write_png(out / "masks" / f"synth_{i:05d}.png", mask)
     return out

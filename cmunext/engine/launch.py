@@ -40,6 +40,16 @@ def torchrun_command(cfg_path: Path, data_dir: Path, out_dir: Path, nproc: int) 
 
 def train_any(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, resume: bool = True,
               callbacks: list[Callback] | tuple = (), progress: bool = False) -> TrainResult:
+    """The train step's model: one network, or an ensemble of fold models (train.ensemble, cmunext/engine/ensemble.py)."""
+    if cfg.train.ensemble > 1:
+        from .ensemble import train_ensemble
+        return train_ensemble(cfg, data_dir, out_dir, resume=resume, callbacks=callbacks, progress=progress)
+    return train_network(cfg, data_dir, out_dir, resume=resume, callbacks=callbacks, progress=progress)
+
+
+def train_network(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, resume: bool = True,
+                  callbacks: list[Callback] | tuple = (), progress: bool = False) -> TrainResult:
+    """One network, in this process or in several under torchrun."""
     nproc = processes_for(cfg)
     if nproc == 1:
         return train(cfg, data_dir, out_dir, resume=resume, callbacks=callbacks, progress=progress)

@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from ..models import create_model
+from ..models.ensemble import LogitAveraged, member_count
 
 
 def save_weights(model: torch.nn.Module, path: str | Path, variant: str, image_size: int, extra: dict | None = None) -> Path:
@@ -20,6 +21,7 @@ def save_weights(model: torch.nn.Module, path: str | Path, variant: str, image_s
         "num_classes": str(model.num_classes),
         "image_size": str(image_size),
         "extra": json.dumps(extra or {}, sort_keys=True),
+        "members": str(member_count(model)),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_suffix(".tmp")
@@ -39,12 +41,14 @@ def read_metadata(path: str | Path) -> dict:
         "in_channels": int(meta["in_channels"]),
         "num_classes": int(meta["num_classes"]),
         "image_size": int(meta["image_size"]),
+        "members": int(meta.get("members", "1")),  # files written before ensembles: one network
         "extra": json.loads(meta.get("extra", "{}")),
     }
 
 
 def load_weights(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model from a weights file; returns (model in eval mode, metadata)."""
+    """Rebuild the model from a weights file (one network, or an ensemble of them: metadata `members`); returns
+    (model in eval mode, metadata)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model weights not found: {path}")
@@ -52,6 +56,7 @@ def load_weights(path: str | Path) -> tuple[torch.nn.Module, dict]:
         meta = read_metadata(path)
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise ValueError(f"{path}: not a readable safetensors weights file ({exc})") from None
-    model = create_model(meta["variant"], meta["in_channels"], meta["num_classes"])
+    networks = [create_model(meta["variant"], meta["in_channels"], meta["num_classes"]) for _ in range(meta["members"])]
+    model = networks[0] if len(networks) == 1 else LogitAveraged(networks)
     model.load_state_dict(load_file(str(path)))
     return model.eval(), meta

@@ -359,6 +359,7 @@ def export_serving_artifact(weights: str | Path, out_dir: str | Path, *, toleran
         "in_channels": channels,
         "num_classes": meta["num_classes"],
         "variant": meta["variant"],
+        "members": meta["members"],  # an ensemble of fold models runs as one graph (cmunext/models/ensemble.py)
         "opset": OPSET,
         "onnxruntime": ort.__version__,
         "torch": torch.__version__,

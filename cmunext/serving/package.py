@@ -199,6 +199,7 @@ def _model_metadata(info: dict, record: dict, artifact_labels: dict, metrics: di
         "weights_sha256": info["weights_sha256"], "max_abs_diff": info["max_abs_diff"],
         "session": info["session"], "candidates_ms": {k: v["ms"] for k, v in info["candidates"].items()},
         "serving": record, "precision_choice": info.get("precision_choice"), "tta": info.get("tta", "none"),
+        "members": info.get("members", 1),
     })
 
 

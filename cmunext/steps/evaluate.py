@@ -64,13 +64,14 @@ def _choose_lesion_rule(cfg: RunConfig, weights: Path, data_dir: Path, split: di
     from ..predict import Predictor
 
     off = {"rule": LesionRule(cfg.eval.threshold).as_dict(), "chosen_on": None}
-    if cfg.eval.lesion_rule == "off":
+    if cfg.eval.lesion_rule == "off" and cfg.eval.largest_region == "off":
         return {**off, "reason": "eval.lesion_rule: off"}
     if not split.get("val"):
         return {**off, "reason": "no validation split to choose on: rule off (threshold only)"}
     served = Predictor(weights, tta=cfg.eval.tta).probabilities
     seen = validation_evidence(served, data_dir, split["val"], cfg.eval.threshold)
-    return choose_rule(seen, cfg.eval.threshold, cfg.eval.lesion_rule_max_sensitivity_drop)
+    return choose_rule(seen, cfg.eval.threshold, cfg.eval.lesion_rule_max_sensitivity_drop, cfg.eval.largest_region,
+                       image_level=cfg.eval.lesion_rule == "validation")
 
 
 def _rule_effect(cfg: RunConfig, rows: list[dict], classes: dict) -> dict:
@@ -110,10 +111,11 @@ def _artifact_latency(cfg: RunConfig, artifact: Path) -> dict:
     from cmunext_serving.engines import ServedModel
 
     from ..evaluation import latency_ms
+    from ..serving_artifact import form_suffix
     model = ServedModel(artifact)
     x = np.zeros((1, model.channels, model.size, model.size), np.float32)
     lat = latency_ms(lambda: model.probabilities(x), cfg.eval.latency_runs, cfg.eval.latency_warmup)
-    lat["artifact"] = f"{model.runtime}/{model.precision}:{model.info['format']}"
+    lat["artifact"] = f"{model.runtime}/{model.precision}:{model.info['format']}{form_suffix(model.info)}"
     return lat
 
 
@@ -171,7 +173,7 @@ def _score_candidate(cfg: RunConfig, weights: Path, data_dir: Path, preprocessed
     lesion_rule = _choose_lesion_rule(cfg, weights, data_dir, split)
     rule = LesionRule.from_dict(lesion_rule["rule"])
     rows, lat, predictor = _score(cfg, weights, data_dir, stems, artifact, rule, observed)
-    if rule.active:
+    if rule.changes_masks:
         lesion_rule["test"] = _rule_effect(cfg, rows, classes)
     precision = _choose_precision(cfg, artifact, data_dir, preprocessed_dir, stems)
     if precision["chosen"] != "onnxruntime/fp32":  # the gate judges the form that ships; fp32 stays for the

@@ -53,7 +53,8 @@ def package(cfg: RunConfig, weights: str | Path, version: str, run_id: str, data
                                               "bento_sha256": digest, "bento_archive": str(archive),
                                               "artifact_sha256": built["sha256"],
                                               "serving_form": f"{built['runtime']}/{built['precision']}",
-                                              "lesion_rule": json.dumps(rule.as_dict()), "tta": cfg.eval.tta})
+                                              "lesion_rule": json.dumps(rule.as_dict()), "tta": cfg.eval.tta,
+                                              "ensemble": str(artifact.get("members", 1))})
     result = PackageResult.model_validate({**built, "archive": str(archive), "bento_uri": uri, "bento_sha256": digest})
     (out_dir / "bento.json").write_text(result.model_dump_json(indent=1))
     return result
