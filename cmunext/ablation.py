@@ -33,15 +33,22 @@ def load_ladder(path: str | Path) -> tuple[str, list[Row]]:
     return raw["base"], [Row(r["name"], tuple(r.get("set", []))) for r in raw["rows"]]
 
 
-def _score_row(cfg, weights: Path, data_dir: Path, stems: list[str], classes: dict, work: Path) -> dict:
+def _score_row(cfg, weights: Path, data_dir: Path, split: dict, classes: dict, work: Path) -> dict:
+    """The test split scored as the evaluate step scores it: in the serving form, with the lesion-free rule (and
+    the largest-region cut) chosen on the validation split."""
+    from cmunext_serving.lesion_rule import LesionRule
+
     from .evaluation import breakdown, latency_ms, score_images, summarize
     from .predict import Predictor
     from .serving_artifact import serving_runner
+    from .steps.evaluate import choose_lesion_rule
 
     predictor = Predictor(weights, tta=cfg.eval.tta)
-    rows = score_images(predictor.probabilities, data_dir, stems, cfg.eval.threshold, progress=False)
+    choice = choose_lesion_rule(cfg, weights, data_dir, split)
+    rows = score_images(predictor.probabilities, data_dir, split["test"], LesionRule.from_dict(choice["rule"]),
+                        progress=False)
     run, artifact = serving_runner(weights, work / "artifact", cfg.eval.tta)
-    return {"per_image": rows, "metrics": summarize(rows, cfg.eval.bootstrap),
+    return {"per_image": rows, "metrics": summarize(rows, cfg.eval.bootstrap), "lesion_rule": choice["rule"],
             "breakdown": breakdown(rows, classes, cfg.eval.bootstrap),
             "latency": {**latency_ms(run, cfg.eval.latency_runs, cfg.eval.latency_warmup), "artifact": artifact}}
 
@@ -76,7 +83,7 @@ def run_row(base: str | Path, overrides: list[str], work: Path, data: str | None
         weights = trained.weights
         kept = {"val_iou": trained.best_val_iou, "best_epoch": trained.best_epoch,
                 "train_minutes": (time.perf_counter() - t0) / 60}
-    scored = _score_row(cfg, weights, snapshot, split["test"], read_classes(snapshot), work)
+    scored = _score_row(cfg, weights, snapshot, split, read_classes(snapshot), work)
     return {**scored, **kept, "weights": str(weights), "test_images": len(split["test"])}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import CmunextError
 
@@ -148,6 +148,11 @@ class EvalConfig(_Section):
     # "validation": a lesion image's mask is cut to its largest region when that raises the validation IoU (the
     # choice is part of the rule above: recorded with the model, applied alike in evaluation and serving); "off": never
     largest_region: Literal["validation", "off"] = "off"
+
+    @field_validator("lesion_rule", "largest_region", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
 
     @model_validator(mode="after")
     def _folds(self) -> "EvalConfig":

@@ -125,6 +125,7 @@ def test_an_ensemble_larger_than_the_folds_trained_fails_at_configure_naming_the
         load_config(CI_TINY, ["train.ensemble=3", "train.folds=2"])
     with pytest.raises(ConfigError, match="train.folds"):
         load_config(CI_TINY, ["train.folds=1"])
+    assert load_config(CI_TINY, ["eval.largest_region=off"]).eval.largest_region == "off"  # YAML's bare off: false
 
 
 def test_fold_models_train_as_one_ensemble_whose_members_never_see_validation(tmp_path, synth_dataset):

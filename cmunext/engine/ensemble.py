@@ -60,7 +60,8 @@ def fold_shards(data_dir: str | Path, held: list[int], out: str | Path) -> Path:
     src, out = ShardDataset(data_dir, "train"), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
-    parts = {"train": [i for i in range(len(src)) if i not in set(held)], "val": sorted(held)}
+    held_out = set(held)
+    parts = {"train": [i for i in range(len(src)) if i not in held_out], "val": sorted(held_out)}
     manifest["splits"] = {}
     for name, idx in parts.items():
         pairs = [src.load(i) for i in idx]

@@ -58,7 +58,7 @@ def _score(cfg: RunConfig, weights: Path, data_dir: Path, stems: list[str], work
     return rows, lat, predictor
 
 
-def _choose_lesion_rule(cfg: RunConfig, weights: Path, data_dir: Path, split: dict) -> dict:
+def choose_lesion_rule(cfg: RunConfig, weights: Path, data_dir: Path, split: dict) -> dict:
     """The lesion-free rule for this model, chosen on the validation split (cmunext/no_lesion.py)."""
     from ..no_lesion import choose_rule, validation_evidence
     from ..predict import Predictor
@@ -170,7 +170,7 @@ def _score_candidate(cfg: RunConfig, weights: Path, data_dir: Path, preprocessed
     from ..models import count_parameters
 
     split = json.loads((preprocessed_dir / "splits.json").read_text())
-    lesion_rule = _choose_lesion_rule(cfg, weights, data_dir, split)
+    lesion_rule = choose_lesion_rule(cfg, weights, data_dir, split)
     rule = LesionRule.from_dict(lesion_rule["rule"])
     rows, lat, predictor = _score(cfg, weights, data_dir, stems, artifact, rule, observed)
     if rule.changes_masks:
