@@ -73,8 +73,8 @@ def cross_validate(cfg: RunConfig, data_dir: str | Path, split: dict, k: int, wo
                    cfg.model.in_channels, progress=False)
         log.info("cross-validation fold %d/%d: training on %d images, scoring %d", i + 1, k, len(rest), len(held))
         trained = train_any(cfg, fold_dir / "data", fold_dir / "run", resume=False)  # an ensemble recipe: one per fold
-        rows = score_images(Predictor(trained.weights, cfg.eval.threshold, tta=cfg.eval.tta).probabilities, data_dir, held,
-                            cfg.eval.threshold, progress=False)
+        served = Predictor(trained.weights, cfg.eval.threshold, tta=cfg.eval.tta).probabilities
+        rows = score_images(served, data_dir, held, cfg.eval.threshold, progress=False)
         m = summarize(rows, cfg.eval.bootstrap)
         results.append({"fold": i + 1, "images": len(held), "iou": m["iou"]["value"], "dice": m["dice"]["value"],
                         "best_epoch": trained.best_epoch})

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmunext_serving.fingerprint import dhash, near_duplicate_groups
+from cmunext_serving.fingerprint import dhash
 
 from ..config import RunConfig
 from ..data.dataset import ShardDataset
@@ -29,19 +29,13 @@ from .weights import load_weights, save_weights
 log = logging.getLogger(__name__)
 
 
-def _groups(ds: ShardDataset) -> list[list[int]]:
-    """Indices of the train split grouped by near-duplicate (difference hash) or identical pixels."""
-    images = [ds.load(i)[0] for i in range(len(ds))]
-    labels = near_duplicate_groups([dhash(im) for im in images])
-    first: dict[str, int] = {}
-    for i, im in enumerate(images):
-        j = first.setdefault(hashlib.sha256(im.tobytes()).hexdigest(), i)
-        if labels[i] != labels[j]:
-            labels = [labels[j] if x == labels[i] else x for x in labels]
-    groups: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        groups.setdefault(label, []).append(i)
-    return list(groups.values())
+def _groups(ds: ShardDataset) -> list[list[str]]:
+    """The train split's indices (as strings) grouped as the split groups stems: identical pixels or near-duplicates."""
+    from ..data.split import group_stems
+
+    images = {str(i): ds.load(i)[0] for i in range(len(ds))}
+    return group_stems({k: {"sha256": hashlib.sha256(im.tobytes()).hexdigest(), "dhash": dhash(im)}
+                        for k, im in images.items()})
 
 
 def member_folds(data_dir: str | Path, k: int, seed: int) -> list[list[int]]:
@@ -50,7 +44,7 @@ def member_folds(data_dir: str | Path, k: int, seed: int) -> list[list[int]]:
 
     ds = ShardDataset(data_dir, "train")
     lesion = ds.has_lesion()
-    groups = [[str(i) for i in g] for g in _groups(ds)]
+    groups = _groups(ds)
     kinds = {str(i): "lesion" if lesion[i] else "normal" for i in range(len(ds))}
     return [[int(i) for i in f] for f in folds(groups, k, seed, kinds)]
 
