@@ -55,9 +55,9 @@ def write_page(results: list[dict], ladder: str, out: Path, wall_s: float) -> No
         "# BUSI: the recipe, change by change", "",
         f"`python benchmarks/busi_ablation.py --ladder {ladder}`; {machine}; "
         f"{time.strftime('%Y-%m-%d', time.gmtime())}; {wall_s / 60:.0f} minutes in all.", "",
-        "Each row adds its change to the rows above, trains from scratch on the frozen split and is scored once on "
-        f"the {results[0]['measured']['test_images']} test images. The difference against the previous row is a "
-        "paired bootstrap over the same images. Whether a change stays in the recipe is decided on its validation "
+        "Each row adds its change to the kept rows above, trains from scratch on the frozen split and is scored once "
+        f"on the {results[0]['measured']['test_images']} test images. The difference against the kept row it builds "
+        "on is a paired bootstrap over the same images; a row marked not kept is left out of the rows after it. Whether a change stays in the recipe is decided on its validation "
         "figure (or by cross-validation), never on the test figure.", "",
         markdown_table(results), "", f"![test IoU per row]({figure.name})", ""]))
 

@@ -1,6 +1,6 @@
-"""A recipe, change by change: each row adds config overrides to the row before it, trains, is scored once on the
-test split and is compared with the previous row on the same images (paired bootstrap of the per-image IoU
-difference). What to keep is decided on the validation figure; the test figure is reported, never tuned on. A row
+"""A recipe, change by change: each row adds config overrides to the last kept row before it, trains, is scored once on
+the test split and is compared with that row on the same images (paired bootstrap of the per-image IoU
+difference); a row marked `kept: false` is measured and reported, and the rows after it build on the one before it. What to keep is decided on the validation figure; the test figure is reported, never tuned on. A row
 that changes only the serving form (eval.*: test-time augmentation) scores the previous row's weights again.
 
 benchmarks/busi_ablation.py runs the BUSI ladder and writes docs/results/busi-ablation.md; the tests run a ladder
@@ -22,15 +22,16 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Row:
     name: str
-    overrides: tuple[str, ...]  # added to every earlier row's
+    overrides: tuple[str, ...]  # added to every earlier kept row's
+    kept: bool = True  # false: measured, but the rows after it do not build on it
 
 
 def load_ladder(path: str | Path) -> tuple[str, list[Row]]:
-    """(base config, rows) from a ladder file: {"base": CONFIG, "rows": [{"name", "set": [KEY=VALUE, ...]}]}."""
+    """(base config, rows) from a ladder file: {"base": CONFIG, "rows": [{"name", "set": [KEY=VALUE, ...], "kept"}]}."""
     import yaml
 
     raw = yaml.safe_load(Path(path).read_text())
-    return raw["base"], [Row(r["name"], tuple(r.get("set", []))) for r in raw["rows"]]
+    return raw["base"], [Row(r["name"], tuple(r.get("set", [])), bool(r.get("kept", True))) for r in raw["rows"]]
 
 
 def _score_row(cfg, weights: Path, data_dir: Path, split: dict, classes: dict, work: Path) -> dict:
@@ -98,18 +99,20 @@ def compare_rows(row: dict, previous: dict | None, n_boot: int) -> dict | None:
 
 
 def run_ladder(base: str | Path, rows: list[Row], out: Path, data: str | None = None) -> list[dict]:
-    """Every row in order, each with its figures and the comparison with the row before; results.json in OUT."""
+    """Every row in order, each with its figures and the comparison with the kept row it builds on; results.json in
+    OUT."""
     results: list[dict] = []
-    overrides: list[str] = []
+    built_on: dict | None = None  # the last kept row's result
     for k, row in enumerate(rows):
-        overrides = [*overrides, *row.overrides]
+        overrides = [*(built_on["overrides"] if built_on else []), *row.overrides]
         log.info("ablation row %d/%d: %s", k + 1, len(rows), row.name)
-        previous = results[-1]["measured"] if results else None
+        previous = built_on["measured"] if built_on else None
         serving_only = previous is not None and all(o.startswith("eval.") for o in row.overrides)
         measured = run_row(base, overrides, out / f"row{k}", data, previous if serving_only else None)
         bootstrap = load_config(base, overrides).eval.bootstrap
-        results.append({"name": row.name, "set": list(row.overrides), "measured": measured,
-                        "vs_previous": compare_rows(measured, previous, bootstrap)})
+        results.append({"name": row.name, "set": list(row.overrides), "kept": row.kept, "overrides": overrides,
+                        "measured": measured, "vs_previous": compare_rows(measured, previous, bootstrap)})
+        built_on = results[-1] if row.kept else built_on
         (out / "results.json").write_text(json.dumps(published(results), indent=1))
     return results
 
@@ -138,13 +141,14 @@ def markdown_table(results: list[dict]) -> str:
     """One line per row, in the order the changes were added."""
     classes = sorted({c for r in results for c in r["measured"]["breakdown"]["classes"]})
     head = ["#", "change", "val IoU", "test IoU [95% CI]", "Dice", *[f"IoU {c}" for c in classes],
-            "IoU vs previous row (paired)", "train min", "p95 ms"]
+            "IoU vs the kept row before (paired)", "train min", "p95 ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k, r in enumerate(results):
         m = r["measured"]
         by_class = [f"{m['breakdown']['classes'][c]['iou']['value']:.3f}" if c in m["breakdown"]["classes"] else "-"
                     for c in classes]
-        cells = [str(k), r["name"], f"{m['val_iou']:.3f}", _ci(m["metrics"]["iou"]),
+        name = r["name"] if r.get("kept", True) else f"{r['name']} (**not kept**)"
+        cells = [str(k), name, f"{m['val_iou']:.3f}", _ci(m["metrics"]["iou"]),
                  f"{m['metrics']['dice']['value']:.3f}", *by_class, _diff(r["vs_previous"]),
                  f"{m['train_minutes']:.1f}", f"{m['latency']['p95_ms']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -90,6 +90,10 @@ class TrainConfig(_Section):
     schedule: Literal["poly", "cosine"] = "poly"
     warmup_epochs: int = Field(0, ge=0)
     ema_decay: float = Field(0.0, ge=0, lt=1)  # 0: no moving average of the weights
+    lovasz_weight: float = Field(0.0, ge=0)  # weight of a Lovász hinge (an IoU surrogate) added to the loss; 0: none
+    # Weight of the mean loss of training-only side heads on decoder levels 1-3 (cmunext/models/deep_supervision.py);
+    # the served network is unchanged. 0: none
+    deep_supervision: float = Field(0.0, ge=0)
     # An ensemble of fold models, served as one network (cmunext/engine/ensemble.py): the train split is cut into
     # `folds` grouped folds, member i trains on the others and picks its best epoch on fold i, and the first
     # `ensemble` members' logits are averaged. 1: one model on the whole train split, its epoch chosen on validation.

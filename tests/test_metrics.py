@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmunext.losses import BCEDiceLoss
+from cmunext.losses import BCEDiceLoss, lovasz_hinge
 from cmunext.metrics import aggregate, hd95, image_metrics, paired_difference, pooled_iou_dice
 
 
@@ -119,3 +119,30 @@ def test_sampler_brings_lesions_up_when_normals_dominate():
     plain = EpochSampler(20, seed=1, has_lesion=np.ones(20, bool), min_lesion_share=0.5)
     assert sorted(plain) == list(range(20))  # enough lesions: the plain permutation, every image once
     assert sorted(EpochSampler(20, 1, has_lesion, min_lesion_share=0.05)) == list(range(20))
+
+
+def test_lovasz_hinge_is_the_jaccard_loss_where_each_pixel_is_either_right_with_margin_or_wrong():
+    """On errors of exactly 0 or 1 the Lovász extension equals the Jaccard loss of the wrong pixels' set:
+    1 - IoU of the mask they make."""
+    target = torch.zeros(1, 1, 8, 8)
+    target[0, 0, 2:6, 2:6] = 1
+    logits = 2 * target - 1  # right, with a margin of exactly 1: error 0
+    assert lovasz_hinge(logits, target).item() == pytest.approx(0.0)
+    logits[0, 0, 2, 2:6] = 0  # 4 lesion pixels missed (error 1)
+    logits[0, 0, 0, 0:2] = 0  # 2 background pixels called lesion (error 1)
+    predicted = target.clone()
+    predicted[0, 0, 2, 2:6], predicted[0, 0, 0, 0:2] = 0, 1
+    iou = (predicted * target).sum() / ((predicted + target) > 0).sum()
+    assert lovasz_hinge(logits, target).item() == pytest.approx(1 - iou.item())
+
+
+def test_a_lovasz_weight_adds_the_weighted_hinge_and_a_finite_gradient():
+    torch.manual_seed(1)
+    logits = torch.randn(3, 1, 8, 8, requires_grad=True)
+    target = (torch.rand(3, 1, 8, 8) > 0.6).float()
+    target[2] = 0  # a normal image: the hinge of its most lesion-like pixel
+    loss = BCEDiceLoss(lovasz_weight=0.5)(logits, target)
+    expected = BCEDiceLoss()(logits, target) + 0.5 * lovasz_hinge(logits, target)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0

@@ -580,25 +580,12 @@ def test_growing_data_keeps_test_images_and_never_scores_the_champion_on_its_tra
 
 
 @pytest.mark.slow
-def test_cross_validation_beside_the_test_figure(env, tmp_path):
-    proc, summary = run(env, tmp_path, "eval.cv_folds=2", "registry.model_name=cmunext-cv")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cv = summary["cross_validation"]
-    assert cv["folds"] == 2 and sum(r["images"] for r in cv["per_fold"]) == cv["pool_images"]
-    assert "2-fold CV    : IoU" in proc.stdout and "  test IoU      :" in proc.stdout
-    import mlflow
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    run_id = json.loads((Path(summary["outputs"]) / "train-model" / "executor_output.json").read_text())[
-        "parameterValues"]["run_id"]
-    metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
-    assert metrics["cv_iou"] == pytest.approx(cv["iou"]["value"]) and metrics["cv_folds"] == 2
-
-
 def test_a_fold_ensemble_with_flip_tta_ships_as_the_form_it_was_scored_in(env, tmp_path):
-    """train.ensemble=2 + eval.tta=hflip through the pipeline: one run holds both members' epochs, and the bento
-    infra-validation boots serves exactly the canary masks of the evaluated ensemble form before promotion."""
+    """train.ensemble=2 + eval.tta=hflip through the pipeline: one run holds both members' epochs, the bento
+    infra-validation boots serves exactly the canary masks of the evaluated ensemble form before promotion, and
+    cross-validation (eval.cv_folds) scores the recipe as itself, one ensemble per fold, beside the test figure."""
     model = "cmunext-ensemble"
-    proc, summary = run(env, tmp_path, "train.ensemble=2", "train.folds=2", "eval.tta=hflip",
+    proc, summary = run(env, tmp_path, "train.ensemble=2", "train.folds=2", "eval.tta=hflip", "eval.cv_folds=2",
                         f"registry.model_name={model}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     shown = cmunext(env, "registry", "show", "--model-name", model, "--json")
@@ -612,6 +599,11 @@ def test_a_fold_ensemble_with_flip_tta_ships_as_the_form_it_was_scored_in(env, t
     history = mlflow.MlflowClient().get_metric_history(champ["run_id"], "val_iou")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # member 1's two epochs, then member 2's
     assert "+ensemble:2+tta:hflip)" in proc.stdout  # the latency the gate judged is the whole form's
+    cv = summary["cross_validation"]
+    assert cv["folds"] == 2 and sum(r["images"] for r in cv["per_fold"]) == cv["pool_images"]
+    assert "2-fold CV    : IoU" in proc.stdout and "  test IoU      :" in proc.stdout
+    metrics = mlflow.MlflowClient().get_run(champ["run_id"]).data.metrics
+    assert metrics["cv_iou"] == pytest.approx(cv["iou"]["value"]) and metrics["cv_folds"] == 2
 
 
 def _corrections(url: str, n: int, seed: int) -> None:

@@ -84,31 +84,38 @@ def _overrides(cfg) -> list[str]:
             f"data.augment_policy={d.augment_policy}"]
 
 
-def test_the_ablation_ladder_compares_each_row_with_the_one_before(tmp_path, monkeypatch):
+def test_the_ablation_ladder_compares_each_row_with_the_kept_row_before(tmp_path, monkeypatch):
     """cmunext/ablation.py on a few synthetic images: every row trained and scored on the same test split, rows after
-    the first compared with the previous one (paired), the table one line per row; BUSI's figures are measured by
-    benchmarks/busi_ablation.py, not here."""
+    the first compared with the kept row they build on (paired), a row not kept left out of the rows after it, the
+    table one line per row; BUSI's figures are measured by benchmarks/busi_ablation.py, not here."""
     from cmunext.ablation import load_ladder, markdown_table, run_ladder
 
     monkeypatch.setenv("CMUNEXT_HOME", str(tmp_path / "home"))
     ladder = tmp_path / "ladder.yaml"
     ladder.write_text(f"base: {CI_TINY}\nrows:\n  - name: as it is\n  - name: ultrasound augmentation\n"
                       "    set: [data.augment_policy=ultrasound]\n  - name: moving average\n    set: [train.ema_decay=0.9]\n"
+                      "    kept: false\n"
                       "  - name: flip TTA\n    set: [eval.tta=hflip]\n")
     base, rows = load_ladder(ladder)
     results = run_ladder(base, rows, tmp_path / "out")
     assert [r["name"] for r in results] == ["as it is", "ultrasound augmentation", "moving average", "flip TTA"]
     stems = [[p["stem"] for p in r["measured"]["per_image"]] for r in results]
     assert stems[0] and stems[0] == stems[1] == stems[2] == stems[3]
-    assert results[3]["measured"]["weights"] == results[2]["measured"]["weights"]  # a serving form: not retrained
+    # a serving form on the kept row before the one not kept: its weights, not retrained
+    assert results[3]["measured"]["weights"] == results[1]["measured"]["weights"] != results[2]["measured"]["weights"]
+    assert results[3]["overrides"] == ["data.augment_policy=ultrasound", "eval.tta=hflip"]
     assert results[3]["measured"]["latency"]["artifact"].endswith("+tta:hflip")
     assert results[0]["vs_previous"] is None
+    assert results[3]["vs_previous"]["value"] == pytest.approx(
+        np.mean([a["iou"] - b["iou"] for a, b in zip(results[3]["measured"]["per_image"],
+                                                      results[1]["measured"]["per_image"])]))
     for r in results[1:]:
         d = r["vs_previous"]
         assert d["ci95_low"] <= d["value"] <= d["ci95_high"] and d["includes_zero"] == (d["ci95_low"] <= 0 <= d["ci95_high"])
     table = markdown_table(results).splitlines()
-    assert len(table) == 2 + 4 and "flip TTA" in table[-1]
-    assert json.loads((tmp_path / "out" / "results.json").read_text())[2]["set"] == ["train.ema_decay=0.9"]
+    assert len(table) == 2 + 4 and "flip TTA" in table[-1] and "moving average (**not kept**)" in table[-2]
+    published = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert published[2]["set"] == ["train.ema_decay=0.9"] and published[2]["kept"] is False
 
 
 def test_an_unknown_serving_form_fails_at_configure_naming_the_key():
@@ -165,3 +172,38 @@ def test_fold_models_train_as_one_ensemble_whose_members_never_see_validation(tm
     with torch.inference_mode():
         mean = torch.stack([m(x) for m in model.members]).mean(0)
         assert torch.equal(model(x), mean)
+
+
+def test_side_heads_train_with_the_network_and_are_left_out_of_what_is_saved(tmp_path, synth_dataset):
+    """Deep supervision and a Lovász term change only the training: the saved weights are CMUNeXt's own, parameter
+    for parameter, and a resumed run carries the side heads on from the checkpoint."""
+    import torch
+    from cmunext.data.layout import list_pairs
+    from cmunext.data.preprocess import preprocess
+    from cmunext.engine.checkpoint import CheckpointDir
+    from cmunext.engine.trainer import train
+    from cmunext.engine.weights import load_weights
+    from cmunext.models import count_parameters, create_model
+    from cmunext.models.deep_supervision import DeeplySupervised
+
+    stems = list_pairs(synth_dataset)
+    preprocess(synth_dataset, {"train": stems[:16], "val": stems[16:20], "test": stems[20:]}, tmp_path / "pre", 64,
+               progress=False)
+    sets = ["train.deep_supervision=0.4", "train.lovasz_weight=0.5"]
+    train(load_config(CI_TINY, [*sets, "train.epochs=1"]), tmp_path / "pre", tmp_path / "run", progress=False)
+    first_sides = {k: v for k, v in CheckpointDir(tmp_path / "run" / "checkpoints").load_latest()["model"].items()
+                   if k.startswith("sides.")}
+    resumed = train(load_config(CI_TINY, [*sets, "train.epochs=2"]), tmp_path / "pre", tmp_path / "run",
+                    resume=True, progress=False)
+    assert len(resumed.history) == 2 and all(np.isfinite(h["train_loss"]) for h in resumed.history)
+    last = CheckpointDir(tmp_path / "run" / "checkpoints").load_latest()["model"]
+    assert len(first_sides) == 6 and any(not torch.equal(v, last[k]) for k, v in first_sides.items())
+    model, _ = load_weights(resumed.weights)
+    variant = load_config(CI_TINY).model.variant
+    assert count_parameters(model) == count_parameters(create_model(variant))
+    wrapped = DeeplySupervised(model).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(wrapped(x), model(x))  # in eval, the wrapper is the network
+        logits, sides = wrapped.train()(x)
+    assert logits.shape == (2, 1, 64, 64) and [s.shape for s in sides] == [logits.shape] * 3

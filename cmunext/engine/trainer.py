@@ -25,6 +25,7 @@ from ..data.dataset import ShardDataset
 from ..data.transforms import eval_transform, train_transform
 from ..losses import BCEDiceLoss
 from ..models import count_parameters, create_model
+from ..models.deep_supervision import DeeplySupervised
 from .checkpoint import CheckpointDir
 from .recipe import learning_rate, make_optimizer, weight_average
 from .weights import save_weights
@@ -129,7 +130,8 @@ class _Session:
     device: torch.device
     data: _Data
     model: torch.nn.Module  # the bare model: validation, state dicts, the saved weights
-    net: torch.nn.Module  # what the training step runs: `model`, or its DistributedDataParallel wrapper
+    trained: torch.nn.Module  # what the optimizer trains and a checkpoint holds: `model`, or it with side heads
+    net: torch.nn.Module  # what the training step runs: `trained`, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     loss_fn: torch.nn.Module
@@ -187,21 +189,22 @@ def _build_data(cfg: RunConfig, data_dir: str | Path, device: torch.device, rank
 
 def _build_session(cfg: RunConfig, data: _Data, device: torch.device, world: int, local_rank: int,
                    main: bool) -> _Session:
-    """Model (SyncBatchNorm + DDP when there are several processes), SGD, the loss, and AMP on CUDA:
+    """Model (its training-only side heads, SyncBatchNorm + DDP when asked for), the optimizer, the loss, and AMP on CUDA:
     bfloat16 where supported, else float16 with a gradient scaler (a disabled no-op scaler otherwise)."""
     tc = cfg.train
     model = create_model(cfg.model.variant, cfg.model.in_channels, cfg.model.num_classes).to(device)
-    net = model
+    if world > 1 and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    trained = DeeplySupervised(model).to(device) if tc.deep_supervision else model
+    net = trained
     if world > 1:
-        if device.type == "cuda":
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    optimizer = make_optimizer(model, tc)
-    loss_fn = BCEDiceLoss()
+        net = torch.nn.parallel.DistributedDataParallel(trained, device_ids=[local_rank] if device.type == "cuda" else None)
+    optimizer = make_optimizer(trained, tc)
+    loss_fn = BCEDiceLoss(lovasz_weight=tc.lovasz_weight)
     use_amp = tc.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    return _Session(cfg, world, main, device, data, model, net, optimizer, scaler, loss_fn, use_amp, amp_dtype,
+    return _Session(cfg, world, main, device, data, model, trained, net, optimizer, scaler, loss_fn, use_amp, amp_dtype,
                     weight_average(model, tc))
 
 
@@ -209,7 +212,7 @@ def _resume_state(ckpt: CheckpointDir, s: _Session) -> _RunState:
     """Load the latest good checkpoint into the model, optimizer and scaler; a fresh state when there is none."""
     if (state := ckpt.load_latest()) is None:
         return _RunState()
-    s.model.load_state_dict(state["model"])
+    s.trained.load_state_dict(state["model"])
     s.optimizer.load_state_dict(state["optimizer"])
     s.scaler.load_state_dict(state["scaler"])
     if s.ema is not None and state.get("ema"):
@@ -218,13 +221,22 @@ def _resume_state(ckpt: CheckpointDir, s: _Session) -> _RunState:
                      best_epoch=state["best_epoch"], best_state=state["best_model"], history=state["history"])
 
 
+def _loss(s: _Session, output, masks: torch.Tensor) -> torch.Tensor:
+    """The loss of the network's logits, plus train.deep_supervision times the side heads' mean loss when it has them."""
+    if isinstance(output, torch.Tensor):
+        return s.loss_fn(output.float(), masks)
+    logits, sides = output
+    side_loss = sum(s.loss_fn(side.float(), masks) for side in sides) / len(sides)
+    return s.loss_fn(logits.float(), masks) + s.cfg.train.deep_supervision * side_loss
+
+
 def train_step(s: _Session, images: torch.Tensor, masks: torch.Tensor, lr: float) -> torch.Tensor:
     """One optimizer step on a batch at learning rate LR; returns the batch's loss."""
     for group in s.optimizer.param_groups:
         group["lr"] = lr
     images, masks = images.to(s.device, non_blocking=True), masks.to(s.device, non_blocking=True)
     with torch.autocast(s.device.type, dtype=s.amp_dtype) if s.use_amp else nullcontext():
-        loss = s.loss_fn(s.net(images).float(), masks)
+        loss = _loss(s, s.net(images), masks)
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
     s.scaler.step(s.optimizer)
@@ -280,7 +292,7 @@ def _end_epoch(s: _Session, run: _RunState, epoch: int, metrics: dict, ckpt: Che
     log.info("epoch %d/%d: train_loss %.4f val_loss %.4f val_iou %.4f (best %.4f @ %d) %.1f img/s",
              epoch + 1, s.cfg.train.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_iou"],
              run.best_iou, run.best_epoch, metrics["train_images_per_second"])
-    ckpt.save({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
+    ckpt.save({"model": s.trained.state_dict(), "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
                "epoch": epoch + 1, "iteration": run.iteration, "best_val_iou": run.best_iou,
                "best_epoch": run.best_epoch, "best_model": run.best_state, "history": run.history,
                "ema": s.ema.state_dict() if s.ema is not None else None})

@@ -36,7 +36,7 @@ class CMUNeXt(nn.Module):
         super().__init__()
         if not (len(dims) == len(depths) == len(kernels) == 5):
             raise ValueError("dims, depths and kernels need one entry per level (5)")
-        self.in_channels, self.num_classes = in_channels, num_classes
+        self.in_channels, self.num_classes, self.dims = in_channels, num_classes, tuple(dims)
         self.stem = conv_block(in_channels, dims[0])
         self.encoders = nn.ModuleList(
             CMUNeXtBlock(dims[max(i - 1, 0)], dims[i], depths[i], kernels[i]) for i in range(5)
@@ -48,6 +48,10 @@ class CMUNeXt(nn.Module):
         self.head = nn.Conv2d(dims[0], num_classes, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.decode(x)[0])
+
+    def decode(self, x: Tensor) -> list[Tensor]:
+        """The decoder's output at each level, finest (level 0, full size) first; levels 1-3 feed deep supervision."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input N x {self.in_channels} x H x W, got {tuple(x.shape)}")
         check_input_size(x.shape[2], x.shape[3])
@@ -57,6 +61,8 @@ class CMUNeXt(nn.Module):
         for level in range(1, 5):
             h = self.encoders[level](self.pool(h))
             skips.append(h)
+        decoded = []
         for level in range(3, -1, -1):
             h = self.fusions[level](torch.cat([skips[level], self.ups[level](h)], dim=1))
-        return self.head(h)
+            decoded.insert(0, h)
+        return decoded
