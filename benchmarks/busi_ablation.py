@@ -36,7 +36,7 @@ def plot(results: list[dict], out: Path) -> Path:
     a.set_ylabel("IoU")
     a.legend(loc="lower right")
     a.set_title(f"Test IoU with 95% CI, {results[0]['measured']['test_images']} frozen test images")
-    b.bar(list(k), [r["measured"]["train_minutes"] for r in results], color="tab:orange")
+    b.bar(list(k), [r["measured"]["train_minutes"] or 0 for r in results], color="tab:orange")
     b.set_xlabel("row")
     b.set_title("training minutes")
     fig.tight_layout()

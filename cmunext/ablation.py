@@ -137,6 +137,11 @@ def _diff(cmp: dict | None) -> str:
     return f"{cmp['value']:+.3f} [{cmp['ci95_low']:+.3f}, {cmp['ci95_high']:+.3f}] ({verdict})"
 
 
+def _alone(value: float | None) -> str:
+    """A time for the table: "-" where it was not measured alone on the machine, and so is not comparable."""
+    return "-" if value is None else f"{value:.1f}"
+
+
 def markdown_table(results: list[dict]) -> str:
     """One line per row, in the order the changes were added."""
     classes = sorted({c for r in results for c in r["measured"]["breakdown"]["classes"]})
@@ -150,6 +155,6 @@ def markdown_table(results: list[dict]) -> str:
         name = r["name"] if r.get("kept", True) else f"{r['name']} (**not kept**)"
         cells = [str(k), name, f"{m['val_iou']:.3f}", _ci(m["metrics"]["iou"]),
                  f"{m['metrics']['dice']['value']:.3f}", *by_class, _diff(r["vs_previous"]),
-                 f"{m['train_minutes']:.1f}", f"{m['latency']['p95_ms']:.1f}"]
+                 _alone(m.get("train_minutes")), _alone(m["latency"].get("p95_ms"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
