@@ -57,11 +57,13 @@ images: install containers
 
 # The test suite CI runs: unit tests, integration tests with real services, and the slow fault, load and
 # container tests (marked `slow`); BUSI tests skip if the dataset is absent. test-fast leaves the slow ones out.
-# The images build in the background meanwhile (one build at a time: the container tests wait for it).
+# The images build in the background meanwhile (one build at a time: the container tests wait for it), at a
+# lower priority: the tests' torch threads wait on each other, and a build running beside them at the same
+# priority slows them more than it gains.
 test: install browser containers
 	@mkdir -p build; if command -v podman >/dev/null 2>&1; then \
 	  echo "building the images in the background (build/images-build.log); the container tests run last"; \
-	  $(BIN)/cmunext images build > build/images-build.log 2>&1 & fi; \
+	  nice -n 10 $(BIN)/cmunext images build > build/images-build.log 2>&1 & fi; \
 	$(BIN)/python -m pytest; status=$$?; wait; exit $$status
 
 test-fast: install browser

@@ -19,6 +19,8 @@ import requests
 from conftest import BUSI, ROOT, VENV_BIN, MlflowServer, free_port, wait_for_port
 from PIL import Image
 
+from cmunext.config import SERVING_FORMS
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # image builds: minutes on a fresh machine
 CMUNEXT = str(VENV_BIN / "cmunext")
 
@@ -108,9 +110,10 @@ def container_run(built, s3_server, tmp_path_factory) -> dict:
     env = {**os.environ, "CMUNEXT_HOME": str(work / "state"), "MLFLOW_TRACKING_URI": server.url, **s3_server.env()}
     env.pop("CMUNEXT_COMPONENT_IMAGE", None)
     started = time.monotonic()
+    every_form = f"eval.serving_forms=[{','.join(SERVING_FORMS)}]"  # OpenVINO in the image too (ci-tiny: ORT only)
     proc = subprocess.run([CMUNEXT, "pipeline", "run", "--config", "configs/ci-tiny.yaml", "--runner", "container",
-                           "--json", str(work / "summary.json")], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1800)
+                           "--set", every_form, "--json", str(work / "summary.json")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     yield {"summary": json.loads((work / "summary.json").read_text()), "env": env, "stdout": proc.stdout,
            "seconds": time.monotonic() - started, "server": server, "work": work}
@@ -128,6 +131,8 @@ def test_pipeline_runs_every_step_in_its_container(container_run, built):
     image = built["cmunext-components"]["image"]
     assert log.count(f"Found image {image!r}") >= 8  # every task, in the image `make images` built
     assert "pip install" not in log
+    evaluation = json.loads((Path(s["outputs"]) / "evaluate-model" / "evaluation").read_text())
+    assert set(evaluation["precision"]["forms"]) == set(SERVING_FORMS)  # each timed in the component image
     # the tasks' MLflow runs went through the server, their artifacts to S3
     import mlflow
     client = mlflow.MlflowClient(container_run["server"].url, registry_uri=container_run["server"].url)

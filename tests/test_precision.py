@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+from cmunext.config import SERVING_FORMS
+
 CI_TINY = ROOT / "configs" / "ci-tiny.yaml"
+ALL_FORMS = f"eval.serving_forms=[{','.join(SERVING_FORMS)}]"
 BASE = ["train.epochs=2", "eval.bootstrap=100", "eval.gallery_size=0", "eval.latency_runs=5"]
 
 
@@ -51,7 +54,7 @@ def test_the_rule_ships_the_fastest_form_within_budget_and_says_why_others_were_
 def test_every_form_is_measured_and_the_choice_is_recorded(trained, synth_dataset, tmp_path, state_home):
     from cmunext_serving.engines import cpu_bf16
     from cmunext_serving.runtime import verify_artifact
-    result = _evaluate(trained, synth_dataset, tmp_path / "ev")
+    result = _evaluate(trained, synth_dataset, tmp_path / "ev", ALL_FORMS)  # ci-tiny times one form only
     choice = result["precision"]
     forms = choice["forms"]
     assert set(forms) == {"onnxruntime/fp32", "openvino/fp32", "openvino/bf16", "openvino/int8"}
