@@ -60,14 +60,19 @@ images: install containers
 # The images build in the background meanwhile (one build at a time: the container tests wait for it), at a
 # lower priority: the tests' torch threads wait on each other, and a build running beside them at the same
 # priority slows them more than it gains.
+# TEST_WORKERS pytest processes (pytest-xdist) share the modules out whole (--dist loadfile: a module's servers
+# and pipeline runs stay one worker's), in the order conftest.py gives them (slowest last). Most of a pipeline
+# test is one process importing or waiting on another, so two workers on two cores finish sooner than one.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: install browser containers
 	@mkdir -p build; if command -v podman >/dev/null 2>&1; then \
 	  echo "building the images in the background (build/images-build.log); the container tests run last"; \
 	  nice -n 10 $(BIN)/cmunext images build > build/images-build.log 2>&1 & fi; \
-	$(BIN)/python -m pytest; status=$$?; wait; exit $$status
+	$(PYTEST); status=$$?; wait; exit $$status
 
 test-fast: install browser
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # A few minutes; results in benchmarks/out/ (results.md: the table docs/results.md quotes) and plots in docs/results/. bench-full: about an hour.
 bench: install

@@ -18,6 +18,9 @@ VENV_BIN = Path(sys.executable).parent
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# `make test` runs two pytest workers on two cores: torch threads that spin while they wait (OpenMP's default)
+# would hold the core the other worker's processes need.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def free_port() -> int:
@@ -86,7 +89,10 @@ class S3Server:
                             aws_secret_access_key=self.secret, region_name="us-east-1")
 
     def make_bucket(self, name: str) -> str:
-        self.client().create_bucket(Bucket=name)
+        """NAME, created unless it exists (modules of one session share the server)."""
+        client = self.client()
+        if name not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+            client.create_bucket(Bucket=name)
         return name
 
     def close(self) -> None:
@@ -191,6 +197,16 @@ def mlflow_server(tmp_path_factory, s3_server):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, mlflow_server, s3_server):
+    """The environment of a pipeline test module's `cmunext` runs: its own state folder, the session's MLflow and
+    S3-protocol servers, bentos stored on S3."""
+    home = tmp_path_factory.mktemp("pipeline-state")
+    s3_server.make_bucket("cmunext-bentos")
+    return {**os.environ, **s3_server.env(), "CMUNEXT_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_server.url,
+            "TQDM_DISABLE": "1", "CMUNEXT_BENTO_STORE": "s3://cmunext-bentos/pipeline"}
+
+
 @pytest.fixture(scope="session")
 def tiny_bento(tmp_path_factory) -> dict:
     """A bento of an untrained CMUNeXt-S at 64 px, packaged into its own state folder (no training: for tests of
@@ -228,8 +244,8 @@ def grown_dataset(base: Path, n_old: int, n_new: int, seed: int) -> tuple[Path, 
 
 
 # The slowest modules run last, so a failure elsewhere shows first (whole modules move: their fixtures stay shared).
-SLOWEST_LAST = ("test_pipeline.py", "test_security.py", "test_real_data.py", "test_load.py", "test_faults.py",
-                "test_containers.py")
+SLOWEST_LAST = ("test_pipeline.py", "test_pipeline_lifecycle.py", "test_security.py", "test_real_data.py",
+                "test_load.py", "test_faults.py", "test_containers.py")
 
 
 def pytest_collection_modifyitems(config, items):
