@@ -26,7 +26,7 @@ def run(env, tmp_path, *overrides):
 
 
 @contextmanager
-def _serving(env, model: str, *extra: str, lines: list | None = None):
+def serving(env, model: str, *extra: str, lines: list | None = None):
     """`cmunext serve` of MODEL's champion, ready; yields its URL and port; its output lines go to LINES as they
     come (read all along: a full pipe would stall the server). SIGTERM at the end, as `kill` and Kubernetes send
     it: it goes on to the bentoml server."""
@@ -58,10 +58,10 @@ def _serving(env, model: str, *extra: str, lines: list | None = None):
             proc.wait()
 
 
-def _evaluation(summary: dict) -> dict:
+def evaluation_of(summary: dict) -> dict:
     return json.loads((Path(summary["outputs"]) / "evaluate-model" / "evaluation").read_text())
 
 
-def _split(summary: dict) -> dict:
+def split_of(summary: dict) -> dict:
     return json.loads((Path(summary["outputs"]) / "preprocess-data" / "preprocessed" / "splits.json").read_text())
 

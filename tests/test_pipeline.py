@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import BUSI, VENV_BIN, busi
-from pipeline_support import CI_TINY, _serving, cmunext, run
+from pipeline_support import CI_TINY, cmunext, run, serving
 
 MODEL = "cmunext-ci"
 
@@ -154,7 +154,7 @@ def _png(height: int, width: int, seed: int) -> bytes:
 def _served(env, model: str) -> dict:
     """What `cmunext serve` serves for MODEL's champion right now: /segment_json of a 40x50 image."""
     import requests
-    with _serving(env, model) as (url, _):
+    with serving(env, model) as (url, _):
         return requests.post(f"{url}/segment_json", files={"image": ("x.png", _png(40, 50, 2), "image/png")},
                              timeout=60).json()
 
@@ -168,7 +168,7 @@ def test_cmunext_serve_serves_the_champions_bento(first_run, env):
     import requests
     from PIL import Image
 
-    with _serving(env, MODEL) as (url, port):
+    with serving(env, MODEL) as (url, port):
         r = requests.post(f"{url}/segment", files={"image": ("x.png", _png(90, 130, 0), "image/png")}, timeout=60)
         assert r.status_code == 200, r.text
         assert Image.open(io.BytesIO(r.content)).size == (130, 90)
@@ -292,7 +292,7 @@ def test_serve_shadows_another_version(first_run, env, tmp_path):
     candidate = "2" if champion == "1" else "1"
     log = tmp_path / "predictions"
     served = {**env, "CMUNEXT_PREDICTION_LOG": str(log), "CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS": "0.5"}
-    with _serving(served, MODEL, "--shadow", candidate) as (url, _):
+    with serving(served, MODEL, "--shadow", candidate) as (url, _):
         for seed in range(5):
             r = requests.post(f"{url}/segment", files={"image": ("x.png", _png(60, 80, seed), "image/png")}, timeout=60)
             assert r.status_code == 200 and r.headers["Server-Timing"].startswith("total;dur=")
@@ -321,7 +321,7 @@ def test_serve_canary_rolls_back_a_failing_candidate(first_run, env, tmp_path):
     rule = ["--set", "gate.canary_interval_s=1", "--set", "gate.canary_min_requests=2",
             "--set", "gate.canary_max_latency_ratio=100"]
     served = {**env, "CMUNEXT_PREDICTION_LOG": str(tmp_path / "predictions")}
-    with _serving(served, MODEL, "--canary", candidate, "--weight", "0.5", *rule, lines=lines) as (url, _):
+    with serving(served, MODEL, "--canary", candidate, "--weight", "0.5", *rule, lines=lines) as (url, _):
         def post():
             r = requests.post(f"{url}/segment", files={"image": ("x.png", _png(60, 80, 0), "image/png")}, timeout=60)
             assert r.status_code == 200, r.text
@@ -361,7 +361,7 @@ def _serve_and_check_drift(env, tmp_path, images) -> tuple[int, dict]:
     import requests
     log = tmp_path / "predictions"
     served = {**env, "CMUNEXT_PREDICTION_LOG": str(log), "CMUNEXT_PREDICTION_LOG_FLUSH_SECONDS": "0.5"}
-    with _serving(served, MODEL) as (url, _):
+    with serving(served, MODEL) as (url, _):
         for image in images:
             r = requests.post(f"{url}/segment_json", files={"image": ("x.png", image, "image/png")}, timeout=60)
             assert r.status_code == 200, r.text

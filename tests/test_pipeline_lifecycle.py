@@ -12,7 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 from conftest import ROOT, VENV_BIN, grown_dataset
-from pipeline_support import CI_TINY, _evaluation, _serving, _split, cmunext, run
+from pipeline_support import CI_TINY, cmunext, evaluation_of, run, serving, split_of
 
 
 def test_a_bento_that_fails_at_start_is_rejected_before_promotion(env, tmp_path):
@@ -104,7 +104,7 @@ def test_growing_data_keeps_test_images_and_never_scores_the_champion_on_its_tra
 
     proc, first = run(env, tmp_path / "a", f"data.source={v1}", f"registry.model_name={model}")
     assert proc.returncode == 0 and first["promoted"], proc.stderr[-3000:]
-    s1 = _split(first)
+    s1 = split_of(first)
     assert "made now" in s1["info"]["source"]
 
     # frozen: v1's split written into v2 (`cmunext data split` keeps it and assigns the new images around it)
@@ -116,11 +116,11 @@ def test_growing_data_keeps_test_images_and_never_scores_the_champion_on_its_tra
     refuse = "gate.min_iou=0.99"
     proc, frozen = run(env, tmp_path / "b", f"data.source={v2}", f"registry.model_name={model}", refuse)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    s2 = _split(frozen)
+    s2 = split_of(frozen)
     assert s2["info"]["source"] == "splits.json of the dataset"
     for name in ("train", "val", "test"):
         assert set(s1[name]) <= set(s2[name]), name  # every v1 image where it was
-    champ = _evaluation(frozen)["champion"]  # the champion was trained on s1: none of its images is in test
+    champ = evaluation_of(frozen)["champion"]  # the champion was trained on s1: none of its images is in test
     assert champ["trained_on_check"] == "checked" and champ["excluded_trained_on"] == []
     assert champ["comparison"]["images"] == len(s2["test"])
 
@@ -129,9 +129,9 @@ def test_growing_data_keeps_test_images_and_never_scores_the_champion_on_its_tra
     proc, unfrozen = run(env, tmp_path / "c", f"data.source={unfrozen_v2}", f"registry.model_name={model}", refuse)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not frozen["promoted"] and not unfrozen["promoted"]
-    ev = _evaluation(unfrozen)["champion"]
+    ev = evaluation_of(unfrozen)["champion"]
     seen = set(s1["train"]) | set(s1["val"])
-    test = set(_split(unfrozen)["test"])
+    test = set(split_of(unfrozen)["test"])
     assert ev["trained_on_check"] == "checked" and set(ev["excluded_trained_on"]) == test & seen
     assert ev["comparison"]["images"] == len(test - seen) > 0
 
@@ -203,7 +203,7 @@ def test_corrections_come_back_and_retraining_follows(env, tmp_path):
     proc = cmunext(env, "pipeline", "run", "--config", CI_TINY, *sets)
     assert proc.returncode == 0 and "PROMOTED" in proc.stdout, proc.stderr[-3000:]
     log = tmp_path / "predictions"
-    with _serving({**env, "CMUNEXT_PREDICTION_LOG": str(log), "CMUNEXT_CAPTURE_RATE": "1"}, model) as (url, _):
+    with serving({**env, "CMUNEXT_PREDICTION_LOG": str(log), "CMUNEXT_CAPTURE_RATE": "1"}, model) as (url, _):
         _corrections(url, 3, seed=8)
     proc = cmunext(env, "data", "feedback", "import", str(project / "data"), "--project", str(project),
                    "--model-name", model, "--set", f"monitoring.prediction_log={log}")
