@@ -52,3 +52,13 @@ class BCEDiceLoss(nn.Module):
         prob, target = prob[lesion], target[lesion]
         dice = (2 * (prob * target).sum(1) + self.smooth) / (prob.sum(1) + target.sum(1) + self.smooth)
         return self.bce_weight * bce + (1 - dice.mean())
+
+
+def loss_label(lovasz_weight: float = 0.0, deep_supervision: float = 0.0, bce_weight: float = 0.5) -> str:
+    """What the trainer minimises, in words for a plot's axis: e.g. "0.5·BCE + Dice + 1·Lovász"."""
+    label = f"{bce_weight:g}·BCE + Dice"
+    if lovasz_weight:
+        label += f" + {lovasz_weight:g}·Lovász"
+    if deep_supervision:
+        label += f" + {deep_supervision:g}·(the same on the side heads)"
+    return label

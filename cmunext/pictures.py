@@ -15,12 +15,13 @@ from .data.layout import find_file  # noqa: E402
 from .predict import overlay  # noqa: E402
 
 
-def training_curves(history: list[dict], out: str | Path) -> Path:
+def training_curves(history: list[dict], out: str | Path, loss: str = "loss") -> Path:
+    """Train/validation loss (LOSS names it on the axis) and validation IoU per epoch, the best epoch marked."""
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    ax1.set(xlabel="epoch", ylabel="BCE + Dice loss", title="Loss")
+    ax1.set(xlabel="epoch", ylabel=loss, title="Loss")
     ax1.legend()
     ax2.plot(epochs, [h["val_iou"] for h in history], color="tab:green")
     best = max(history, key=lambda h: h["val_iou"])

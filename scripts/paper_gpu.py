@@ -78,6 +78,7 @@ def run(config: str, packed: Path, out: Path, budget: float, workers: int) -> No
 
     from cmunext.engine.trainer import train
     from cmunext.evaluation import breakdown, score_images, summarize
+    from cmunext.losses import loss_label
     from cmunext.pictures import training_curves
     from cmunext.predict import Predictor
 
@@ -107,7 +108,8 @@ def run(config: str, packed: Path, out: Path, budget: float, workers: int) -> No
     train_seconds = time.monotonic() - t1
     shutil.copy2(out / "train" / "model.safetensors", out / "model.safetensors")
     shutil.copy2(out / "train" / "metrics.json", out / "metrics.json")
-    training_curves(result.history, out / "training_curves.png")
+    training_curves(result.history, out / "training_curves.png",
+                    loss_label(cfg.train.lovasz_weight, cfg.train.deep_supervision))
 
     stems = json.loads((packed / "data" / "manifest.json").read_text())["splits"]["test"]["stems"]
     predictor = Predictor(out / "model.safetensors", cfg.eval.threshold, device="cuda" if device != "cpu" else "cpu")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmunext.losses import BCEDiceLoss, lovasz_hinge
+from cmunext.losses import BCEDiceLoss, loss_label, lovasz_hinge
 from cmunext.metrics import aggregate, hd95, image_metrics, paired_difference, pooled_iou_dice
 
 
@@ -146,3 +146,9 @@ def test_a_lovasz_weight_adds_the_weighted_hinge_and_a_finite_gradient():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     loss.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_loss_label_names_every_term_the_trainer_minimises():
+    assert loss_label() == "0.5·BCE + Dice"
+    assert loss_label(lovasz_weight=1.0) == "0.5·BCE + Dice + 1·Lovász"
+    assert loss_label(0.5, deep_supervision=0.4) == "0.5·BCE + Dice + 0.5·Lovász + 0.4·(the same on the side heads)"

@@ -10,6 +10,8 @@ Prometheus must label the scraped series with `namespace` and `pod` (the usual k
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..config import GateConfig
 
 FLAGGER = "flagger.app/v1beta1"

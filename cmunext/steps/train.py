@@ -12,6 +12,7 @@ def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_revisi
           pipeline_run: str = "") -> dict:
     """Train with MLflow tracking; returns {run_id, model_uri, weights, best_epoch, best_val_iou}."""
     from ..engine.launch import train_any
+    from ..losses import loss_label
     from ..pictures import training_curves
     from ..tracking import mlflow_runs
 
@@ -36,7 +37,8 @@ def train(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, data_revisi
     # epochs whose metrics never reached MLflow (it was down past the client's retries, or the step was killed
     # between checkpoint and logging) are in the resumed history: log them now
     mlflow_runs.log_missing_epochs(run_id, result.history)
-    curves = training_curves(result.history, out_dir / "training_curves.png")
+    curves = training_curves(result.history, out_dir / "training_curves.png",
+                             loss_label(cfg.train.lovasz_weight, cfg.train.deep_supervision))
     mlflow_runs.log_pictures(run_id, {"plots": curves})
     mlflow_runs.log_metrics(run_id, {"best_val_iou": result.best_val_iou, "best_epoch": result.best_epoch,
                                      "train_images_per_second": result.images_per_second})
