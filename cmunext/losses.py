@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+BCE_WEIGHT = 0.5  # the reference loss's weight of the BCE term
+
 
 def _lovasz_grad(target_sorted: Tensor) -> Tensor:
     """The Jaccard loss's gradient along pixels sorted by decreasing error (Berman et al., Alg. 1)."""
@@ -32,7 +34,7 @@ def lovasz_hinge(logits: Tensor, target: Tensor) -> Tensor:
 
 
 class BCEDiceLoss(nn.Module):
-    def __init__(self, bce_weight: float = 0.5, smooth: float = 1e-5, lovasz_weight: float = 0.0) -> None:
+    def __init__(self, bce_weight: float = BCE_WEIGHT, smooth: float = 1e-5, lovasz_weight: float = 0.0) -> None:
         super().__init__()
         self.bce_weight, self.smooth, self.lovasz_weight = bce_weight, smooth, lovasz_weight
 
@@ -54,7 +56,7 @@ class BCEDiceLoss(nn.Module):
         return self.bce_weight * bce + (1 - dice.mean())
 
 
-def loss_label(lovasz_weight: float = 0.0, deep_supervision: float = 0.0, bce_weight: float = 0.5) -> str:
+def loss_label(lovasz_weight: float = 0.0, deep_supervision: float = 0.0, bce_weight: float = BCE_WEIGHT) -> str:
     """What the trainer minimises, in words for a plot's axis: e.g. "0.5·BCE + Dice + 1·Lovász"."""
     label = f"{bce_weight:g}·BCE + Dice"
     if lovasz_weight:
